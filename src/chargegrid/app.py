@@ -1,0 +1,162 @@
+"""The composition root: the one place that picks implementations from settings and wires
+them.
+
+``ChargeGrid`` is a node: database engine, group-commit writer, event bus, OCPP gateway.
+``build_app`` wraps it in an ASGI application whose lifespan starts and stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from chargegrid import __version__
+from chargegrid.bus.memory import MemoryBus
+from chargegrid.clock import Clock, SystemClock
+from chargegrid.config import Settings
+from chargegrid.csms.context import ChargePointSession, Context, Services
+from chargegrid.csms.dispatch import Dispatcher
+from chargegrid.csms.liveness import Liveness
+from chargegrid.csms.presence import StoredPresence
+from chargegrid.gateway.admission import Admission, Admitted
+from chargegrid.gateway.asgi import OcppGateway, Receive, Scope, Send
+from chargegrid.gateway.connection import ChargePointConnection
+from chargegrid.gateway.registry import ConnectionRegistry
+from chargegrid.ocpp import validation
+from chargegrid.store import charge_points as cp_store
+from chargegrid.store.database import create_engine
+from chargegrid.store.group_commit import GroupCommitter
+from chargegrid.store.meter_values import insert_statement
+from chargegrid.store.migrate import upgrade
+
+log = logging.getLogger(__name__)
+
+
+class ChargeGrid:
+    """One chargegrid node, built from settings. ``start()`` before use, ``stop()`` after."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.engine = create_engine(
+            settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        self.writer = GroupCommitter(
+            self.engine,
+            interval=settings.commit_interval_ms / 1000.0,
+            max_items=settings.commit_max_items,
+            queue_limit=settings.commit_queue_limit,
+        )
+        self.bus = MemoryBus()
+        self.liveness = Liveness(self.writer, settings.liveness_flush_seconds)
+        self.services = Services(
+            settings=settings,
+            clock=self.clock,
+            engine=self.engine,
+            writer=self.writer,
+            bus=self.bus,
+            liveness=self.liveness,
+            meter_insert=insert_statement(self.engine.dialect.name),
+        )
+        self.dispatcher = Dispatcher()
+        self.registry: ConnectionRegistry[ChargePointConnection] = ConnectionRegistry()
+        self.admission = Admission(self.engine, settings, self.clock)
+        self.gateway = OcppGateway(
+            admission=self.admission,
+            registry=self.registry,
+            dispatch=self.dispatcher,
+            context_factory=self._context,
+            supported=self.dispatcher.routes.keys(),
+            presence=StoredPresence(self.services),
+            handshake_timeout=settings.handshake_timeout,
+            reject_before_accepted=settings.reject_calls_before_accepted,
+        )
+
+    def _context(self, admitted: Admitted) -> Context:
+        return Context(
+            ChargePointSession(
+                id=admitted.charge_point_id,
+                identity=admitted.identity,
+                registration_status=admitted.registration_status,
+                security_profile=admitted.security_profile,
+            ),
+            self.services,
+        )
+
+    async def start(self) -> None:
+        if self.settings.migrate_on_start:
+            await upgrade(self.engine)
+        validation.compile_all()
+        async with self.engine.begin() as connection:
+            await cp_store.mark_all_disconnected(connection, self.clock.now())
+        await self.bus.start()
+        await self.writer.start()
+        await self.liveness.start()
+        log.info("chargegrid %s started (%s)", __version__, self.engine.url.render_as_string())
+
+    async def stop(self) -> None:
+        for identity in self.registry.identities():
+            connection = self.registry.get(identity)
+            if connection is not None:
+                await connection.close(1001, "server shutting down")
+        await self.liveness.stop()
+        await self.writer.stop()
+        await self.bus.stop()
+        await self.engine.dispose()
+
+    async def ready(self) -> bool:
+        try:
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+
+class Application:
+    """The ASGI entry point: OCPP WebSockets to the gateway, everything else to the web app."""
+
+    def __init__(self, node: ChargeGrid, web: FastAPI) -> None:
+        self.node = node
+        self.web = web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"].startswith(self.node.gateway.prefix):
+            await self.node.gateway(scope, receive, send)
+        else:
+            await self.web(scope, receive, send)  # type: ignore[arg-type]
+
+
+def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
+    """The whole server as one ASGI application; its lifespan starts and stops the node."""
+    node = ChargeGrid(settings, clock=clock)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await node.start()
+        try:
+            yield
+        finally:
+            await node.stop()
+
+    web = FastAPI(title="chargegrid", version=__version__, lifespan=lifespan)
+
+    @web.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, Any]:
+        """Alive: the process answers."""
+        return {"status": "ok", "version": __version__}
+
+    @web.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        """Ready: the database answers and charge points are being accepted."""
+        if await node.ready():
+            return JSONResponse({"status": "ready", "connected": len(node.registry)})
+        return JSONResponse({"status": "database unavailable"}, status_code=503)
+
+    return Application(node, web)

@@ -1,0 +1,24 @@
+"""Channel names, one place (DESIGN.md: "Channel names live here").
+
+Per charge point, after the reference guide's ``charge_point_{id}_{topic}`` streams, keyed by the
+charge point identity; plus fleet-wide channels.
+"""
+
+from __future__ import annotations
+
+STATUS = "status"
+SESSIONS = "sessions"
+METER_VALUES = "meter_values"
+CONNECTION = "connection"
+ALERTS = "alerts"
+OPERATIONS = "operations"
+
+TOPICS = (STATUS, SESSIONS, METER_VALUES, CONNECTION, ALERTS, OPERATIONS)
+
+
+def charge_point(identity: str, topic: str) -> str:
+    return f"charge_point.{identity}.{topic}"
+
+
+def fleet(topic: str) -> str:
+    return f"fleet.{topic}"

@@ -1,0 +1,126 @@
+"""Settings: environment variables ``CHARGEGRID_*`` over an optional TOML file over defaults.
+
+The TOML file is named by ``CHARGEGRID_CONFIG`` (or ``--config`` on the command line); its keys are
+the field names below, e.g. ``heartbeat_interval = 300``. Environment variables win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chargegrid.db"
+
+
+class UnknownChargePointPolicy(StrEnum):
+    """What the gateway does with a charge point identity it does not know (CONFORMANCE H4)."""
+
+    REJECT = "reject"  # HTTP 404 before the upgrade
+    PENDING = "pending"  # register it, answer its BootNotification with Pending
+    ACCEPT = "accept"  # register it and accept it
+
+
+class RegistrationStatus(StrEnum):
+    """The answer a charge point's BootNotification gets (OCPP 1.6 §4.2, §7.45)."""
+
+    ACCEPTED = "Accepted"
+    PENDING = "Pending"
+    REJECTED = "Rejected"
+
+
+class Settings(BaseSettings):
+    """Every setting of a chargegrid node. See docs/configuration.md."""
+
+    model_config = SettingsConfigDict(env_prefix="CHARGEGRID_", extra="forbid")
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = Field(default=8180, ge=0, le=65535)
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+
+    # Storage
+    database_url: str = DEFAULT_DATABASE_URL
+    sqlite_synchronous: str = Field(default="FULL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
+    migrate_on_start: bool = True
+
+    # Group commit (DESIGN.md guarantee 1): a batch is written when it is this old or this large.
+    commit_interval_ms: float = Field(default=4.0, gt=0, le=1000)
+    commit_max_items: int = Field(default=1000, ge=1)
+    commit_queue_limit: int = Field(default=50_000, ge=1)
+
+    # Charge point admission
+    unknown_charge_points: UnknownChargePointPolicy = UnknownChargePointPolicy.REJECT
+    heartbeat_interval: int = Field(default=300, gt=0)
+    boot_retry_interval: int = Field(default=60, gt=0)
+    reject_calls_before_accepted: bool = True
+
+    # WebSocket transport
+    ws_ping_interval: float | None = 30.0
+    ws_ping_timeout: float | None = 30.0
+    ws_max_size: int = Field(default=1024 * 1024, ge=1024)
+    ws_per_message_deflate: bool = False
+    handshake_timeout: float = Field(default=10.0, gt=0)
+
+    # CSMS -> CP calls
+    call_timeout: float = Field(default=30.0, gt=0)
+
+    # Business rules
+    authorize_concurrent_tx: bool = True  # CONFORMANCE A3: tag busy elsewhere -> ConcurrentTx
+    close_open_transaction_on_start: bool = True  # CONFORMANCE T8
+    liveness_flush_seconds: float = Field(default=1.0, gt=0)
+    sign_certificate_ca_file: Path | None = None
+
+    # Credential hashing
+    auth_key_hash_iterations: int = Field(default=5_000, ge=1_000)
+
+    log_level: str = "info"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
+            )
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("CHARGEGRID_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from, lowest first: defaults, the TOML file, the environment, ``overrides``."""
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        os.environ["CHARGEGRID_CONFIG"] = str(path)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

@@ -1,0 +1,40 @@
+"""MeterValues (OCPP 1.6 §4.7; CONFORMANCE M1-M8): the hot path.
+
+Rows are normalised here and handed to the group-commit writer; the CALLRESULT waits for the commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chargegrid.bus import channels
+from chargegrid.clock import isoformat_z
+from chargegrid.csms.context import Context
+from chargegrid.metering.normalise import sampled_value_rows
+
+
+async def meter_values(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+    services = ctx.services
+    charge_point = ctx.charge_point
+    rows = sampled_value_rows(
+        charge_point.id, request["connectorId"], request.get("transactionId"), request["meterValue"]
+    )
+    await services.writer.insert(services.meter_insert, rows)
+    channel = channels.charge_point(charge_point.identity, channels.METER_VALUES)
+    if services.bus.has_subscribers(channel):
+        for row in rows:
+            # The reference guide's meter value payload.
+            await services.bus.publish(
+                channel,
+                {
+                    "connector_id": row["connector_id"],
+                    "measurand": row["measurand"],
+                    "value": row["value"],
+                    "unit": row["unit"],
+                    "phase": row["phase"],
+                    "context": row["context"],
+                    "timestamp": isoformat_z(row["timestamp"]),
+                    "session_id": row["transaction_id"],
+                },
+            )
+    return {}

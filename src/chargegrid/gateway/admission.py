@@ -1,0 +1,142 @@
+"""The WebSocket handshake as a chain of small filters (CONFORMANCE H1-H6).
+
+Each filter either passes or refuses with the HTTP status the spec asks for, before the upgrade:
+no OCPP subprotocol -> 400 (OCPP-J 1.6 §3.1.2, TC_088); unknown identity -> 404 unless
+auto-registration is on; missing or wrong credentials -> 401 (Security Whitepaper A00.FR.204,
+TC_085); a connection that does not match the charge point's security profile -> 403
+(A00.FR.002).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chargegrid.clock import Clock
+from chargegrid.config import Settings, UnknownChargePointPolicy
+from chargegrid.credentials import verify_secret
+from chargegrid.store import charge_points as cp_store
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOL = "ocpp1.6"
+MAX_IDENTITY_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    charge_point_id: int
+    identity: str
+    registration_status: str
+    security_profile: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    status: int
+    reason: str
+    www_authenticate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What the transport saw of the upgrade request."""
+
+    identity: str  # already percent-decoded (CONFORMANCE H1)
+    subprotocols: Sequence[str]
+    authorization: str | None  # the Authorization header, if any
+    tls: bool
+
+
+class Admission:
+    """Decides whether a WebSocket upgrade for a charge point is accepted."""
+
+    def __init__(self, engine: AsyncEngine, settings: Settings, clock: Clock) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._clock = clock
+        # identity -> (stored hash, sha256 of a key that verified against it): a reconnecting
+        # charge point is checked with one SHA-256 instead of a full PBKDF2 run.
+        self._verified: dict[str, tuple[str, bytes]] = {}
+
+    def forget(self, identity: str) -> None:
+        """Drop cached credentials, e.g. after the key was rotated."""
+        self._verified.pop(identity, None)
+
+    async def admit(self, handshake: Handshake) -> Admitted | Refused:
+        identity = handshake.identity
+        if not identity or len(identity) > MAX_IDENTITY_LENGTH or "/" in identity:
+            return Refused(404, "no such charge point")
+        if SUBPROTOCOL not in handshake.subprotocols:
+            return Refused(400, f"the {SUBPROTOCOL} subprotocol is required")
+
+        async with self._engine.connect() as connection:
+            record = await cp_store.get_auth(connection, identity)
+        if record is None:
+            record = await self._register_unknown(identity)
+            if record is None:
+                return Refused(404, "unknown charge point")
+        charge_point_id, profile, registration_status, key_hash = record
+
+        if profile >= 2 and not handshake.tls:
+            return Refused(403, f"security profile {profile} requires TLS")
+        if profile >= 1:
+            refusal = await self._check_basic_auth(identity, handshake.authorization, key_hash)
+            if refusal is not None:
+                return refusal
+        return Admitted(charge_point_id, identity, registration_status, profile)
+
+    async def _register_unknown(self, identity: str) -> tuple[int, int, str, str | None] | None:
+        policy = self._settings.unknown_charge_points
+        if policy is UnknownChargePointPolicy.REJECT:
+            return None
+        status = "Accepted" if policy is UnknownChargePointPolicy.ACCEPT else "Pending"
+        try:
+            async with self._engine.begin() as connection:
+                charge_point_id = await cp_store.add(
+                    connection, identity, now=self._clock.now(), registration_status=status
+                )
+        except cp_store.ChargePointExists:
+            async with self._engine.connect() as connection:
+                return await cp_store.get_auth(connection, identity)
+        log.info("auto-registered charge point %s as %s", identity, status)
+        return charge_point_id, 0, status, None
+
+    async def _check_basic_auth(
+        self, identity: str, header: str | None, key_hash: str | None
+    ) -> Refused | None:
+        unauthorized = Refused(401, "invalid credentials", www_authenticate=True)
+        if header is None or key_hash is None:
+            return unauthorized
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return unauthorized
+        try:
+            decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return unauthorized
+        username, separator, password = decoded.partition(":")
+        # Security Whitepaper A00.FR.204: the username is the charge point identity.
+        if not separator or username != identity:
+            return unauthorized
+        fingerprint = hashlib.sha256(password.encode()).digest()
+        cached = self._verified.get(identity)
+        if (
+            cached is not None
+            and cached[0] == key_hash
+            and hmac.compare_digest(cached[1], fingerprint)
+        ):
+            return None
+        if not await asyncio.to_thread(verify_secret, password, key_hash):
+            log.warning("charge point %s: wrong AuthorizationKey", identity)
+            return unauthorized
+        self._verified[identity] = (key_hash, fingerprint)
+        return None

@@ -1,0 +1,190 @@
+"""One charge point's live connection: the engine session, the handler queue, outgoing calls.
+
+Transport-agnostic: the ASGI adapter (or any other) feeds received text to :meth:`receive` and
+provides a :class:`Transport` to send and close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from chargegrid.ocpp.errors import ErrorCode, OcppError
+from chargegrid.ocpp.events import Ignored, IncomingCall, IncomingError, IncomingResult, Reply
+from chargegrid.ocpp.frames import Call
+from chargegrid.ocpp.session import OcppSession
+
+log = logging.getLogger(__name__)
+
+# (charge point session object, action, payload) -> response payload
+Dispatch = Callable[[Any, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Transport(Protocol):
+    async def send(self, text: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class CallFailed(Exception):
+    """A CSMS-initiated call did not get a CALLRESULT."""
+
+
+class CallTimeout(CallFailed):
+    pass
+
+
+class CallRejected(CallFailed):
+    """The charge point answered with a CALLERROR (or an invalid CALLRESULT)."""
+
+    def __init__(self, code: str, description: str, details: dict[str, Any]) -> None:
+        super().__init__(f"{code}: {description}" if description else code)
+        self.code = code
+        self.description = description
+        self.details = details
+
+
+class ConnectionClosed(CallFailed):
+    pass
+
+
+class ChargePointConnection:
+    """Serves one socket. Incoming CALLs run one at a time, in order, on a worker task, so a
+    CALLRESULT for our own call is read while a handler waits for its commit, and a second CALL
+    with a busy id can be seen and refused (CONFORMANCE R6)."""
+
+    def __init__(
+        self,
+        identity: str,
+        charge_point: Any,
+        session: OcppSession,
+        transport: Transport,
+        dispatch: Dispatch,
+        on_activity: Callable[[], None],
+    ) -> None:
+        self.identity = identity
+        self.charge_point = charge_point
+        self.session = session
+        self._transport = transport
+        self._dispatch = dispatch
+        self._on_activity = on_activity
+        self._calls: deque[Call] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._call_lock = asyncio.Lock()
+        self._answer: asyncio.Future[dict[str, Any]] | None = None
+        self.closed = False
+        self.log = logging.LoggerAdapter(log, {"charge_point": identity})
+
+    async def receive(self, text: str | bytes) -> None:
+        """Feed one received text frame."""
+        self._on_activity()
+        event = self.session.receive(text)
+        if isinstance(event, IncomingCall):
+            self._calls.append(event.call)
+            if self._worker is None:
+                self._worker = asyncio.create_task(self._work())
+        elif isinstance(event, IncomingResult):
+            self._settle(event.call, event.payload, None)
+        elif isinstance(event, IncomingError):
+            self._settle(
+                event.call, None, CallRejected(event.code, event.description, event.details)
+            )
+        elif isinstance(event, Reply):
+            self.log.warning(
+                "%s: %s %s (message %s)",
+                self.identity,
+                event.code,
+                event.description,
+                event.message_id,
+            )
+            await self._send(event.text)
+        elif isinstance(event, Ignored):
+            self.log.info("%s: ignored frame: %s", self.identity, event.reason)
+
+    async def _work(self) -> None:
+        try:
+            while self._calls:
+                await self._handle(self._calls.popleft())
+        finally:
+            self._worker = None
+
+    async def _handle(self, call: Call) -> None:
+        try:
+            response = await self._dispatch(self.charge_point, call.action, call.payload)
+            text = self.session.result(call.message_id, response)
+        except OcppError as error:
+            text = self.session.error(call.message_id, error.code, error.description, error.details)
+        except Exception:
+            # CONFORMANCE R8: generic description, empty details; never a trace or SQL to the CP.
+            self.log.exception("%s: handler for %s failed", self.identity, call.action)
+            text = self.session.error(
+                call.message_id, ErrorCode.INTERNAL_ERROR, "internal error", {}
+            )
+        # The boot handler may have changed the registration status (errata §3.8).
+        self.session.accepted = bool(self.charge_point.accepted)
+        await self._send(text)
+
+    async def call(
+        self,
+        action: str,
+        payload: dict[str, Any],
+        timeout: float,  # noqa: ASYNC109 - the call timeout is part of the OCPP contract
+    ) -> dict[str, Any]:
+        """Send a CSMS-initiated CALL and return the CALLRESULT payload.
+
+        One call in flight per charge point (OCPP-J 1.6 §4.1.1); later callers wait their turn.
+        Raises OcppError if ``payload`` fails the schema; CallTimeout, CallRejected or
+        ConnectionClosed if the charge point does not answer with a CALLRESULT.
+        """
+        async with self._call_lock:
+            if self.closed:
+                raise ConnectionClosed("the charge point is not connected")
+            call = self.session.call(action, payload)
+            answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._answer = answer
+            try:
+                await self._send(self.session.encode(call))
+                return await asyncio.wait_for(answer, timeout)
+            except TimeoutError:
+                self.session.cancel(call.message_id)
+                raise CallTimeout(f"no answer to {action} within {timeout:g} s") from None
+            finally:
+                self._answer = None
+
+    def _settle(self, call: Call, payload: dict[str, Any] | None, error: CallFailed | None) -> None:
+        answer = self._answer
+        if answer is None or answer.done():
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            assert payload is not None
+            answer.set_result(payload)
+
+    async def _send(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            await self._transport.send(text)
+        except Exception as error:  # the socket went away under us; the receive loop ends it
+            self.log.info("%s: send failed: %s", self.identity, error)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionClosed("the connection closed"))
+        with contextlib.suppress(Exception):  # already gone is as good as closed
+            await self._transport.close(code, reason)
+
+    def connection_lost(self) -> None:
+        """The transport is gone: fail a waiting call; queued CALLs can no longer be answered."""
+        self.closed = True
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionClosed("the connection closed"))
+        self._calls.clear()

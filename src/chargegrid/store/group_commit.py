@@ -1,0 +1,198 @@
+"""Group commit: many writers, one database transaction every few milliseconds.
+
+DESIGN.md guarantee 1: a CALLRESULT for StartTransaction, StopTransaction or MeterValues is sent
+only after what it acknowledges is committed. Committing each message on its own would cap
+throughput at the database's commit rate, so every connection hands its work to this writer and
+awaits the batch it landed in: rows to insert go into one ``executemany`` per statement, units of
+work (a function run on the open connection) run one after another, each inside a SAVEPOINT so that
+one unit's failure fails only its own caller. If the commit itself fails, every caller in the batch
+gets :class:`StoreUnavailable` and the charge point is answered with a CALLERROR, so it keeps the
+message and retries: nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import Insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Unit = Callable[[AsyncConnection], Awaitable[T]]
+
+
+class StoreUnavailable(Exception):
+    """The batch could not be committed; nothing in it was stored."""
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counters for metrics and benchmarks."""
+
+    batches: int = 0
+    rows: int = 0
+    units: int = 0
+    failures: int = 0
+    last_batch_items: int = 0
+    last_commit_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    rows: dict[Insert, list[dict[str, Any]]] = field(default_factory=dict)
+    units: list[tuple[Unit[Any], asyncio.Future[Any]]] = field(default_factory=list)
+    done: asyncio.Future[None] | None = None
+    items: int = 0
+
+
+class GroupCommitter:
+    """Collects writes from every connection and commits them together."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        interval: float = 0.004,
+        max_items: int = 1000,
+        queue_limit: int = 50_000,
+    ) -> None:
+        self._engine = engine
+        self._interval = interval
+        self._max_items = max_items
+        self._queue_limit = queue_limit
+        self._batch = _Batch()
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._space = asyncio.Condition()
+        self._queued = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.stats = BatchStats()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit")
+
+    async def stop(self) -> None:
+        """Commit what is queued, then stop."""
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def insert(self, statement: Insert, rows: list[dict[str, Any]]) -> None:
+        """Insert ``rows`` with ``statement`` in the next batch; return once committed."""
+        if not rows:
+            return
+        await self._admit(len(rows))
+        batch = self._batch
+        bucket = batch.rows.get(statement)
+        if bucket is None:
+            batch.rows[statement] = list(rows)
+        else:
+            bucket.extend(rows)
+        done = batch.done
+        if done is None:
+            done = batch.done = asyncio.get_running_loop().create_future()
+        self._added(batch, len(rows))
+        await asyncio.shield(done)
+
+    async def run(self, unit: Unit[T]) -> T:
+        """Run ``unit`` inside the next batch's transaction; return its result once committed."""
+        await self._admit(1)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        batch.units.append((unit, future))
+        self._added(batch, 1)
+        return await asyncio.shield(future)
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    async def _admit(self, count: int) -> None:
+        if self._closing:
+            raise StoreUnavailable("the writer is shutting down")
+        if self._task is None:
+            raise StoreUnavailable("the writer is not running")
+        if self._queued + count > self._queue_limit:
+            # Backpressure: the caller (a charge point's message) waits for room.
+            async with self._space:
+                await self._space.wait_for(lambda: self._queued + count <= self._queue_limit)
+
+    def _added(self, batch: _Batch, count: int) -> None:
+        batch.items += count
+        self._queued += count
+        self._wake.set()
+        if batch.items >= self._max_items:
+            self._full.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            if not self._closing and self._batch.items < self._max_items:
+                # Let the batch fill for one interval, or until it is full.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._interval)
+            batch, self._batch = self._batch, _Batch()
+            self._wake.clear()
+            self._full.clear()
+            if batch.items:
+                await self._commit(batch)
+                self._queued -= batch.items
+                async with self._space:
+                    self._space.notify_all()
+            if self._closing and not self._batch.items:
+                return
+
+    async def _commit(self, batch: _Batch) -> None:
+        started = time.perf_counter()
+        results: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            async with self._engine.begin() as connection:
+                for statement, rows in batch.rows.items():
+                    await connection.execute(statement, rows)
+                for unit, future in batch.units:
+                    try:
+                        async with connection.begin_nested():
+                            results.append((future, True, await unit(connection)))
+                    except Exception as error:  # one unit's failure is its caller's alone
+                        log.exception("write unit failed")
+                        results.append((future, False, error))
+        except Exception as error:
+            self.stats.failures += 1
+            log.error("group commit of %d items failed: %s", batch.items, error)
+            failure = StoreUnavailable(f"database write failed: {type(error).__name__}")
+            failure.__cause__ = error
+            if batch.done is not None and not batch.done.done():
+                batch.done.set_exception(failure)
+                batch.done.exception()  # retrieved: waiters may have gone away
+            for _unit, future in batch.units:
+                if not future.done():
+                    future.set_exception(failure)
+                    future.exception()
+            return
+        self.stats.batches += 1
+        self.stats.rows += sum(len(rows) for rows in batch.rows.values())
+        self.stats.units += len(batch.units)
+        self.stats.last_batch_items = batch.items
+        self.stats.last_commit_seconds = time.perf_counter() - started
+        if batch.done is not None and not batch.done.done():
+            batch.done.set_result(None)
+        for future, ok, value in results:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+                future.exception()
