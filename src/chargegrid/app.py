@@ -34,6 +34,7 @@ from chargegrid.store.database import create_engine
 from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_values import insert_statement
 from chargegrid.store.migrate import upgrade
+from chargegrid.store.queries import Queries
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class ChargeGrid:
             liveness=self.liveness,
             meter_insert=insert_statement(self.engine.dialect.name),
         )
+        self.queries = Queries(self.engine)
         self.dispatcher = Dispatcher()
         self.registry: ConnectionRegistry[ChargePointConnection] = ConnectionRegistry()
         self.admission = Admission(self.engine, settings, self.clock)

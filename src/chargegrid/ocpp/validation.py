@@ -1,43 +1,36 @@
-"""Payload validation against the official OCPP 1.6 JSON schemas, mapped to OCPP-J error codes.
+"""Payload validation against the OCPP 1.6 JSON schemas, mapped to OCPP-J 1.6 error codes.
 
-The schemas are the ones shipped in the ``ocpp`` package (``ocpp/v16/schemas``, errata applied).
-Each is compiled once with fastjsonschema, on first use or all at once by :func:`compile_all`,
-and then runs as plain Python on the decoded wire dict. Failures become :class:`OcppError` with
-the code OCPP-J 1.6 Table 7 prescribes (CONFORMANCE R4), a description naming the field and
-``details = {"field": <path>}``; the root of the payload is the empty path.
+Failures become :class:`OcppError` with the code OCPP-J 1.6 Table 7 prescribes (CONFORMANCE
+R4), a description naming the field (``"connectorId: must be integer"``) and
+``details = {"field": <path>}``, where the path looks like ``meterValue[0].timestamp`` and the
+payload itself is the empty path. Only the first problem found is reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from importlib import resources
 from typing import Any, Final
 
-import fastjsonschema
-import orjson
+from fastjsonschema import JsonSchemaValueException
 
 from chargegrid.ocpp.actions import ACTIONS, CSMS_INITIATED
 from chargegrid.ocpp.errors import ErrorCode, OcppError
-from chargegrid.ocpp.formats import is_date_time
+from chargegrid.ocpp.schemas import (
+    ENUM_FORMATS,
+    Validator,
+    compile_all,
+    request_validator,
+    response_validator,
+)
 
 __all__ = ["compile_all", "validate_outgoing_call", "validate_request", "validate_response"]
 
-_Validator = Callable[[Any], Any]
-
-_SCHEMA_DIR: Final = resources.files("ocpp") / "v16" / "schemas"
-# Overrides fastjsonschema's date-time regex; "uri" keeps fastjsonschema's check, which only
-# GetDiagnostics.location and UpdateFirmware.location use.
-_FORMATS: Final = {"date-time": is_date_time}
-
-_requests: dict[str, _Validator] = {}
-_responses: dict[str, _Validator] = {}
-
-# JSON Schema keyword broken -> OCPP-J 1.6 Table 7 code. Table 7: "FormationViolation: payload
-# is syntactically incorrect or not conform the PDU structure"; "PropertyConstraintViolation:
-# a field contains an invalid value"; "OccurenceConstraintViolation: a field violates occurence
-# constraints" (a missing required field, fewer array items than the cardinality allows);
-# "TypeConstraintViolation: a field violates data type constraints". date-time and anyURI are
-# data types in OCPP 1.6 §7, so a bad format is a type violation.
+# JSON Schema keyword broken -> OCPP-J 1.6 Table 7 code. Table 7: FormationViolation "payload
+# is syntactically incorrect or not conform the PDU structure"; PropertyConstraintViolation "a
+# field contains an invalid value"; OccurenceConstraintViolation "a field violates occurence
+# constraints" (a missing required field, fewer array items than its cardinality allows);
+# TypeConstraintViolation "a field violates data type constraints". dateTime and anyURI are
+# data types in OCPP 1.6 §7, so a bad "format" is a type violation. Everything else (enum,
+# maxLength, multipleOf, ...) is a bad value: PropertyConstraintViolation.
 _CODES: Final[dict[str, ErrorCode]] = {
     "type": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
     "format": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
@@ -45,7 +38,6 @@ _CODES: Final[dict[str, ErrorCode]] = {
     "minItems": ErrorCode.OCCURENCE_CONSTRAINT_VIOLATION,
     "maxItems": ErrorCode.OCCURENCE_CONSTRAINT_VIOLATION,
     "additionalProperties": ErrorCode.FORMATION_VIOLATION,
-    "additionalItems": ErrorCode.FORMATION_VIOLATION,
 }
 
 _FORMAT_HINTS: Final = {
@@ -55,13 +47,12 @@ _FORMAT_HINTS: Final = {
 
 
 def validate_request(action: str, payload: dict[str, Any]) -> None:
-    """Check the payload of a CALL of ``action``, in either direction.
+    """Check the payload of a CALL of ``action``, whichever side sends it.
 
-    Raises :class:`OcppError` with the Table 7 code for the first problem found; with
+    Raises :class:`OcppError` with the Table 7 code of the first problem found, or
     NotImplemented if ``action`` is not an OCPP 1.6 action.
     """
-    validator = _requests.get(action) or _load(action, response=False)
-    _run(validator, payload)
+    _run(_validator(request_validator, action), payload)
 
 
 def validate_response(action: str, payload: dict[str, Any]) -> None:
@@ -69,64 +60,54 @@ def validate_response(action: str, payload: dict[str, Any]) -> None:
 
     Raises :class:`OcppError` like :func:`validate_request`.
     """
-    validator = _responses.get(action) or _load(action, response=True)
-    _run(validator, payload)
+    _run(_validator(response_validator, action), payload)
 
 
 def validate_outgoing_call(action: str, payload: dict[str, Any]) -> None:
     """Check that we may send a CALL of ``action`` with this payload to a charge point.
 
-    Like :func:`validate_request`, plus NotSupported for an action only a charge point may
-    start. The REST API uses this to answer 422 before anything is queued.
+    :func:`validate_request`, plus NotSupported for an action only a charge point may start.
+    The REST API calls this to answer 422 before anything is queued.
     """
-    if action not in CSMS_INITIATED and action in ACTIONS:
+    if action in ACTIONS and action not in CSMS_INITIATED:
         raise OcppError(
-            ErrorCode.NOT_SUPPORTED, f"{action} is sent by charge points, not by the CSMS"
+            ErrorCode.NOT_SUPPORTED, f"{action} is sent by charge points, not by a CSMS"
         )
     validate_request(action, payload)
 
 
-def compile_all() -> None:
-    """Compile the request and response schema of every action now (warm-up at startup)."""
-    for action in ACTIONS:
-        if action not in _requests:
-            _load(action, response=False)
-        if action not in _responses:
-            _load(action, response=True)
-
-
-def _load(action: str, *, response: bool) -> _Validator:
-    if action not in ACTIONS:
-        raise OcppError(ErrorCode.NOT_IMPLEMENTED, f"{action[:64]!r} is not an OCPP 1.6 action")
-    name = f"{action}Response.json" if response else f"{action}.json"
-    schema = orjson.loads((_SCHEMA_DIR / name).read_bytes())
-    # use_default=False: the validator must never write defaults into the wire dict.
-    validator: _Validator = fastjsonschema.compile(schema, formats=_FORMATS, use_default=False)
-    (_responses if response else _requests)[action] = validator
+def _validator(lookup: Any, action: str) -> Validator:
+    try:
+        validator: Validator = lookup(action)
+    except KeyError:
+        raise OcppError(
+            ErrorCode.NOT_IMPLEMENTED, f"{action[:64]!r} is not an OCPP 1.6 action"
+        ) from None
     return validator
 
 
-def _run(validator: _Validator, payload: Any) -> None:
+def _run(validator: Validator, payload: Any) -> None:
     try:
         validator(payload)
-    except fastjsonschema.JsonSchemaValueException as exc:
+    except JsonSchemaValueException as exc:
         raise _to_ocpp_error(exc) from None
     except (ArithmeticError, ValueError):
-        # Only reachable with payloads built in Python (REST), e.g. NaN or an int too large for
-        # a float hitting "multipleOf"; the wire decoder never produces those.
+        # Only payloads built in Python (REST) get here, e.g. NaN, or an int too large for a
+        # float meeting "multipleOf"; the wire decoder never produces those.
         raise OcppError(
             ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
-            "payload: contains a number that cannot be checked",
+            "payload: holds a number that cannot be checked",
             {"field": ""},
         ) from None
 
 
-def _to_ocpp_error(exc: fastjsonschema.JsonSchemaValueException) -> OcppError:
+def _to_ocpp_error(exc: JsonSchemaValueException) -> OcppError:
     rule = exc.rule or ""
     field = _field_path(exc.name or "data")
     value = exc.value
     definition = exc.definition if isinstance(exc.definition, dict) else {}
     rule_definition = definition.get(rule)
+    code = _CODES.get(rule, ErrorCode.PROPERTY_CONSTRAINT_VIOLATION)
     if rule == "required" and isinstance(value, dict):
         missing = next((key for key in rule_definition or () if key not in value), "?")
         field = _join(field, missing)
@@ -139,10 +120,12 @@ def _to_ocpp_error(exc: fastjsonschema.JsonSchemaValueException) -> OcppError:
     elif rule == "type":
         types = rule_definition if isinstance(rule_definition, list) else [rule_definition]
         problem = "must be " + " or ".join(map(str, types))
+    elif rule == "format" and rule_definition in ENUM_FORMATS:
+        # An enum, rewritten into a format by chargegrid.ocpp.schemas: a bad value, not a type.
+        code = ErrorCode.PROPERTY_CONSTRAINT_VIOLATION
+        problem = "must be one of " + ", ".join(ENUM_FORMATS[rule_definition])
     elif rule == "format":
         problem = "must be " + _FORMAT_HINTS.get(str(rule_definition), str(rule_definition))
-    elif rule == "enum":
-        problem = "must be one of " + ", ".join(map(str, rule_definition or ()))
     elif rule == "maxLength":
         problem = f"must be at most {rule_definition} characters long"
     elif rule == "minItems":
@@ -154,17 +137,14 @@ def _to_ocpp_error(exc: fastjsonschema.JsonSchemaValueException) -> OcppError:
         name = exc.name or ""
         message = exc.message
         problem = message[len(name) :].strip() if message.startswith(name) else message
-    code = _CODES.get(rule, ErrorCode.PROPERTY_CONSTRAINT_VIOLATION)
     return OcppError(code, f"{field or 'payload'}: {problem}", {"field": field})
 
 
 def _field_path(name: str) -> str:
-    # fastjsonschema names the root "data": "data.meterValue[0].timestamp".
+    # fastjsonschema calls the root "data": "data.meterValue[0].timestamp".
     if name.startswith("data."):
         return name[5:]
-    if name.startswith("data"):
-        return name[4:]
-    return name
+    return name[4:] if name.startswith("data") else name
 
 
 def _join(parent: str, key: str) -> str:
