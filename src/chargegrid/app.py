@@ -17,8 +17,21 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from chargegrid import __version__
+from chargegrid.api.routes import (
+    auth,
+    charge_points,
+    commands,
+    events,
+    id_tags,
+    meter_values,
+    observability,
+    sessions,
+    stats,
+    users,
+)
 from chargegrid.bus.memory import MemoryBus
 from chargegrid.clock import Clock, SystemClock
+from chargegrid.commands.service import CommandService
 from chargegrid.config import Settings
 from chargegrid.csms.context import ChargePointSession, Context, Services
 from chargegrid.csms.dispatch import Dispatcher
@@ -79,6 +92,15 @@ class ChargeGrid:
             handshake_timeout=settings.handshake_timeout,
             reject_before_accepted=settings.reject_calls_before_accepted,
         )
+        self.commands = CommandService(
+            engine=self.engine,
+            writer=self.writer,
+            registry=self.registry,
+            admission=self.admission,
+            bus=self.bus,
+            clock=self.clock,
+            settings=settings,
+        )
 
     def _context(self, admitted: Admitted) -> Context:
         return Context(
@@ -107,6 +129,7 @@ class ChargeGrid:
             connection = self.registry.get(identity)
             if connection is not None:
                 await connection.close(1001, "server shutting down")
+        await self.commands.stop()
         await self.liveness.stop()
         await self.writer.stop()
         await self.bus.stop()
@@ -147,7 +170,29 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
         finally:
             await node.stop()
 
-    web = FastAPI(title="chargegrid", version=__version__, lifespan=lifespan)
+    web = FastAPI(
+        title="chargegrid",
+        version=__version__,
+        lifespan=lifespan,
+        description="OCPP 1.6J central system: charge points, sessions, meter values, remote "
+        "control. Authenticate with `Authorization: Bearer <token>` "
+        "from `POST /api/v1/auth/token`.",
+    )
+    web.state.node = node
+    for module in (
+        auth,
+        charge_points,
+        sessions,
+        meter_values,
+        id_tags,
+        stats,
+        events,
+        commands,
+        users,
+        observability,
+    ):
+        router = module.router
+        web.include_router(router)
 
     @web.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from chargegrid.clock import SystemClock, isoformat_z
 from chargegrid.config import Settings, load_settings
 from chargegrid.store import charge_points as cp_store
 from chargegrid.store import id_tags as tag_store
+from chargegrid.store import users as user_store
 from chargegrid.store.database import create_engine
 from chargegrid.store.migrate import upgrade
 
@@ -334,3 +335,149 @@ def id_tags_remove(ctx: click.Context, tag: str, database_url: str | None) -> No
     if not removed:
         raise click.ClickException(f"no id tag {tag!r}")
     click.echo(f"removed id tag {tag}")
+
+
+@main.group("users")
+def users_group() -> None:
+    """Manage operators who use the API and dashboard."""
+
+
+@users_group.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice([r.value for r in user_store.Role]), required=True)
+@click.option(
+    "--password",
+    default=None,
+    help="Login password (prompted when omitted; empty for a token-only user).",
+)
+@click.option(
+    "--group",
+    "groups",
+    multiple=True,
+    help="Limit the user to the charge points of this group (repeatable; created if new).",
+)
+@database_option
+@click.pass_context
+def users_add(
+    ctx: click.Context,
+    username: str,
+    role: str,
+    password: str | None,
+    groups: tuple[str, ...],
+    database_url: str | None,
+) -> None:
+    """Add a user."""
+    if password is None:
+        password = click.prompt(
+            "password (empty for token-only)",
+            hide_input=True,
+            confirmation_prompt=True,
+            default="",
+            show_default=False,
+        )
+    if password and len(password) < 8:
+        raise click.ClickException("a password needs at least 8 characters")
+    if not 1 <= len(username) <= 64:
+        raise click.ClickException("a username is 1 to 64 characters")
+
+    async def work(connection: AsyncConnection) -> None:
+        now = SystemClock().now()
+        try:
+            user_id = await user_store.add_user(
+                connection,
+                username,
+                role=user_store.Role(role),
+                now=now,
+                password=password or None,
+                all_charge_points=not groups,
+            )
+        except user_store.UserExists:
+            raise admin.AdminError(f"user {username!r} already exists") from None
+        for name in groups:
+            group = await user_store.group_id(connection, name)
+            if group is None:
+                group = await user_store.add_group(connection, name, now)
+            await user_store.grant_group(connection, user_id, group)
+
+    _with_database(_settings(ctx, database_url=database_url), work)
+    scope = f"groups {', '.join(groups)}" if groups else "all charge points"
+    click.echo(f"added {role} {username} ({scope})")
+
+
+@users_group.command("token")
+@click.argument("username")
+@click.option("--name", default="cli", help="A label for the token.")
+@click.option("--days", type=click.IntRange(1, 3650), default=None, help="Expire after N days.")
+@database_option
+@click.pass_context
+def users_token(
+    ctx: click.Context, username: str, name: str, days: int | None, database_url: str | None
+) -> None:
+    """Issue an API token (printed once; only its hash is stored)."""
+    from datetime import timedelta
+
+    async def work(connection: AsyncConnection) -> str:
+        user = await user_store.get_user(connection, username)
+        if user is None:
+            raise admin.AdminError(f"no user {username!r}")
+        now = SystemClock().now()
+        expires = now + timedelta(days=days) if days else None
+        return await user_store.issue_token(
+            connection, user.id, name=name, now=now, expires_at=expires
+        )
+
+    click.echo(_with_database(_settings(ctx, database_url=database_url), work))
+
+
+@users_group.command("list")
+@database_option
+@click.pass_context
+def users_list(ctx: click.Context, database_url: str | None) -> None:
+    """List users."""
+    rows = _with_database(_settings(ctx, database_url=database_url), user_store.list_users)
+    click.echo(f"{'USERNAME':<24} {'ROLE':<9} SCOPE")
+    for user in rows:
+        scope = "all charge points" if user.all_charge_points else "groups"
+        click.echo(f"{user.username:<24} {user.role.value:<9} {scope}")
+
+
+@users_group.command("remove")
+@click.argument("username")
+@database_option
+@click.pass_context
+def users_remove(ctx: click.Context, username: str, database_url: str | None) -> None:
+    """Remove a user and its tokens."""
+    removed = _with_database(
+        _settings(ctx, database_url=database_url),
+        lambda c: user_store.remove_user(c, username),
+    )
+    if not removed:
+        raise click.ClickException(f"no user {username!r}")
+    click.echo(f"removed user {username}")
+
+
+@main.group("groups")
+def groups_group() -> None:
+    """Groups of charge points, which limit what a user sees."""
+
+
+@groups_group.command("assign")
+@click.argument("group")
+@click.argument("identities", nargs=-1, required=True)
+@database_option
+@click.pass_context
+def groups_assign(
+    ctx: click.Context, group: str, identities: tuple[str, ...], database_url: str | None
+) -> None:
+    """Put charge points into GROUP (created if new)."""
+
+    async def work(connection: AsyncConnection) -> None:
+        group_key = await user_store.group_id(connection, group)
+        if group_key is None:
+            group_key = await user_store.add_group(connection, group, SystemClock().now())
+        for identity in identities:
+            if not await user_store.add_to_group(connection, group_key, identity):
+                raise admin.AdminError(f"no charge point {identity!r}")
+
+    _with_database(_settings(ctx, database_url=database_url), work)
+    click.echo(f"group {group}: added {len(identities)} charge points")

@@ -132,7 +132,7 @@ class ChargePointConnection:
         self,
         action: str,
         payload: dict[str, Any],
-        timeout: float,  # noqa: ASYNC109 - the call timeout is part of the OCPP contract
+        timeout: float,
     ) -> dict[str, Any]:
         """Send a CSMS-initiated CALL and return the CALLRESULT payload.
 

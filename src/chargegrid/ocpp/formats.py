@@ -41,7 +41,13 @@ def is_date_time(value: str) -> bool:
     if value[-1] == "Z":
         if not value[-2].isdigit():
             return False
-    elif value[-6] not in "+-" or value[-3] != ":" or not value[-7].isdigit():
+    elif (
+        value[-6] not in "+-"
+        or value[-3] != ":"
+        or not value[-7].isdigit()
+        # fromisoformat takes "+02:60" as three hours.
+        or value[-2] > "5"
+    ):
         return False
     # After the end checks, a "." here cannot be the last character.
     tail = value[19]
@@ -52,7 +58,7 @@ def is_date_time(value: str) -> bool:
         return False
     try:
         # C code: checks the digits (ASCII only), month lengths, leap years, hour <= 23,
-        # second <= 59 and |offset| < 24 h.
+        # minute and second <= 59, and |offset| < 24 h.
         datetime.fromisoformat(value)
     except ValueError:
         return False

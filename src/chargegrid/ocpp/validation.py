@@ -8,6 +8,7 @@ payload itself is the empty path. Only the first problem found is reported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from fastjsonschema import JsonSchemaValueException
@@ -76,14 +77,13 @@ def validate_outgoing_call(action: str, payload: dict[str, Any]) -> None:
     validate_request(action, payload)
 
 
-def _validator(lookup: Any, action: str) -> Validator:
+def _validator(lookup: Callable[[str], Validator], action: str) -> Validator:
     try:
-        validator: Validator = lookup(action)
+        return lookup(action)
     except KeyError:
         raise OcppError(
             ErrorCode.NOT_IMPLEMENTED, f"{action[:64]!r} is not an OCPP 1.6 action"
         ) from None
-    return validator
 
 
 def _run(validator: Validator, payload: Any) -> None:

@@ -62,6 +62,14 @@ charge_points = Table(
     Column("connected_at", UTCDateTime),
     Column("disconnected_at", UTCDateTime),
     Column("metadata", JSON, nullable=False, default=dict),
+    # What the charge point last told about requests it was sent (tracked for the API).
+    Column("local_list_version", Integer),
+    Column("firmware_status", String(32)),
+    Column("firmware_status_at", UTCDateTime),
+    Column("diagnostics_status", String(32)),
+    Column("diagnostics_status_at", UTCDateTime),
+    # OCPP message trace for debugging one charger: "off" | "errors" | "all"; NULL = node default.
+    Column("trace_level", String(8)),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
@@ -189,4 +197,161 @@ events = Table(
     Column("message", Text, nullable=False),
     Column("payload", JSON, nullable=False, default=dict),
     Index("ix_events_cp_ts", "charge_point_id", "timestamp"),
+)
+
+
+# --- Operators: users, tokens, groups of charge points (issue 3) ------------------------------
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255)),  # argon2id; NULL: token-only user
+    Column("role", String(16), nullable=False),  # admin | operator | viewer
+    # True: sees every charge point; False: only those in its groups.
+    Column("all_charge_points", Boolean, nullable=False, server_default="1"),
+    Column("disabled", Boolean, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(64), nullable=False),
+    # Tokens are 32 random bytes, so SHA-256 of the token is safe to store and fast to look up.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime),
+    Column("last_used_at", UTCDateTime),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+group_charge_points = Table(
+    "group_charge_points",
+    metadata,
+    Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+)
+
+user_groups = Table(
+    "user_groups",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+# --- CSMS-initiated operations and their effects (issue 3) ------------------------------------
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("action", String(40), nullable=False),
+    # pending -> sent -> accepted | rejected | error | timeout; not_connected if never sent
+    Column("status", String(16), nullable=False),
+    Column("request", JSON, nullable=False),
+    Column("response", JSON),
+    Column("error_code", String(40)),
+    Column("error_description", Text),
+    Column("requested_by", String(64)),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Index("ix_operations_cp_created", "charge_point_id", "created_at"),
+)
+
+configuration = Table(
+    "configuration",
+    metadata,
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", String(50), primary_key=True),
+    Column("value", String(500)),
+    Column("readonly", Boolean),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+reservations = Table(
+    "reservations",
+    metadata,
+    Column("id", Integer, primary_key=True),  # the OCPP reservationId
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("connector_id", Integer, nullable=False),
+    Column("id_tag", String(20), nullable=False),
+    Column("parent_id_tag", String(20)),
+    Column("expiry_date", UTCDateTime, nullable=False),
+    # requested | Accepted | Faulted | Occupied | Rejected | Unavailable | cancelled
+    Column("status", String(16), nullable=False),
+    Column("operation_id", Integer, ForeignKey("operations.id", ondelete="SET NULL")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+charging_profiles = Table(
+    "charging_profiles",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("connector_id", Integer, nullable=False),
+    Column("charging_profile_id", Integer, nullable=False),  # the OCPP chargingProfileId
+    Column("stack_level", Integer, nullable=False),
+    Column("purpose", String(32), nullable=False),
+    Column("profile", JSON, nullable=False),
+    Column("status", String(16), nullable=False),  # installed | cleared
+    Column("operation_id", Integer, ForeignKey("operations.id", ondelete="SET NULL")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    UniqueConstraint("charge_point_id", "charging_profile_id"),
+)
+
+message_trace = Table(
+    "message_trace",
+    metadata,
+    Column("id", BigIntId, primary_key=True),
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("timestamp", UTCDateTime, nullable=False),
+    Column("direction", String(3), nullable=False),  # "in" (from the CP) | "out"
+    Column("frame", Text, nullable=False),
+    Index("ix_message_trace_cp_ts", "charge_point_id", "timestamp"),
 )

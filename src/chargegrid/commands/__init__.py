@@ -1,0 +1,1 @@
+"""CSMS-initiated operations: build, route, record, apply."""

@@ -1,0 +1,339 @@
+"""Sending CSMS-initiated operations to charge points and recording what became of them.
+
+An operation is recorded before anything is sent and moves ``pending -> sent -> accepted |
+rejected | error | timeout`` (CONFORMANCE R11). Callers either await the charge point's answer
+(``perform_now``) or get the recorded operation at once and follow it (``perform_later``), the
+reference gem's two styles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chargegrid.bus import channels
+from chargegrid.bus.base import Bus
+from chargegrid.clock import Clock, isoformat_z
+from chargegrid.commands import catalog, effects
+from chargegrid.config import Settings
+from chargegrid.credentials import hash_secret
+from chargegrid.gateway.admission import Admission
+from chargegrid.gateway.connection import (
+    CallRejected,
+    CallTimeout,
+    ChargePointConnection,
+    ConnectionClosed,
+)
+from chargegrid.gateway.registry import ConnectionRegistry
+from chargegrid.ocpp.errors import OcppError
+from chargegrid.ocpp.validation import validate_request
+from chargegrid.store.group_commit import GroupCommitter
+from chargegrid.store.tables import charge_points, operations
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = frozenset({"accepted", "rejected", "error", "timeout"})
+
+
+class CommandError(Exception):
+    """The operation cannot be sent; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    id: int
+    charge_point: str
+    action: str
+    status: str
+    request: dict[str, Any]
+    response: dict[str, Any] | None
+    error_code: str | None
+    error_description: str | None
+    requested_by: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    completed_at: datetime | None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "charge_point": self.charge_point,
+            "action": self.action,
+            "status": self.status,
+            "request": self.request,
+            "response": self.response,
+            "error_code": self.error_code,
+            "error_description": self.error_description,
+            "requested_by": self.requested_by,
+            "created_at": isoformat_z(self.created_at),
+            "sent_at": isoformat_z(self.sent_at) if self.sent_at else None,
+            "completed_at": isoformat_z(self.completed_at) if self.completed_at else None,
+        }
+
+
+_OPERATION_COLUMNS = (*operations.c, charge_points.c.identity)
+
+
+def _operation(row: Any) -> Operation:
+    m = row._mapping
+    return Operation(
+        id=m["id"],
+        charge_point=m["identity"],
+        action=m["action"],
+        status=m["status"],
+        request=m["request"],
+        response=m["response"],
+        error_code=m["error_code"],
+        error_description=m["error_description"],
+        requested_by=m["requested_by"],
+        created_at=m["created_at"],
+        sent_at=m["sent_at"],
+        completed_at=m["completed_at"],
+    )
+
+
+class CommandService:
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        writer: GroupCommitter,
+        registry: ConnectionRegistry[ChargePointConnection],
+        admission: Admission,
+        bus: Bus,
+        clock: Clock,
+        settings: Settings,
+    ) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._registry = registry
+        self._admission = admission
+        self._bus = bus
+        self._clock = clock
+        self._settings = settings
+        self._tasks: set[asyncio.Task[Operation]] = set()
+
+    async def perform_now(
+        self,
+        identity: str,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        requested_by: str | None = None,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Send ``action`` and return the operation once the charge point answered (or not)."""
+        task = await self._launch(identity, action, payload, requested_by, timeout)
+        return await asyncio.shield(task)
+
+    async def perform_later(
+        self,
+        identity: str,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        requested_by: str | None = None,
+        timeout: float | None = None,
+    ) -> Operation:
+        """Send ``action`` in the background; return the operation as recorded (pending)."""
+        task = await self._launch(identity, action, payload, requested_by, timeout)
+        operation_id = task.get_name().removeprefix("operation-")
+        operation = await self.get(int(operation_id))
+        assert operation is not None
+        return operation
+
+    async def get(self, operation_id: int) -> Operation | None:
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(*_OPERATION_COLUMNS)
+                    .join(charge_points, charge_points.c.id == operations.c.charge_point_id)
+                    .where(operations.c.id == operation_id)
+                )
+            ).first()
+        return _operation(row) if row else None
+
+    async def history(self, identity: str, *, limit: int = 50, offset: int = 0) -> list[Operation]:
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(*_OPERATION_COLUMNS)
+                .join(charge_points, charge_points.c.id == operations.c.charge_point_id)
+                .where(charge_points.c.identity == identity)
+                .order_by(operations.c.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            return [_operation(row) for row in rows]
+
+    async def stop(self) -> None:
+        """Wait for operations in flight (each ends by its own timeout)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _launch(
+        self,
+        identity: str,
+        action: str,
+        payload: dict[str, Any],
+        requested_by: str | None,
+        timeout: float | None,
+    ) -> asyncio.Task[Operation]:
+        if action not in catalog.ACTION_BY_SLUG.values():
+            raise CommandError(404, f"{action} is not an operation a central system sends")
+        try:
+            validate_request(action, payload)
+        except OcppError as error:
+            raise CommandError(422, f"invalid {action} payload: {error.description}") from None
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(charge_points.c.id, charge_points.c.registration_status).where(
+                        charge_points.c.identity == identity
+                    )
+                )
+            ).first()
+        if row is None:
+            raise CommandError(404, f"no charge point {identity!r}")
+        charge_point_id, registration = row
+        if registration == "Rejected":
+            # CONFORMANCE L3: a rejected charge point is sent nothing.
+            raise CommandError(409, f"{identity} is Rejected; the central system sends it nothing")
+        if registration == "Pending" and action in catalog.NOT_WHILE_PENDING:
+            raise CommandError(
+                409, f"{identity} is Pending; {action} is not sent before it is Accepted"
+            )
+        live = self._registry.get(identity)
+        if live is None:
+            raise CommandError(409, f"{identity} is not connected")
+        now = self._clock.now()
+        record = {
+            "charge_point_id": charge_point_id,
+            "action": action,
+            "status": "pending",
+            "request": catalog.masked(action, payload),
+            "requested_by": requested_by,
+            "created_at": now,
+        }
+
+        async def create(c: AsyncConnection) -> int:
+            result = await c.execute(insert(operations).values(record).returning(operations.c.id))
+            return int(result.scalar_one())
+
+        operation_id = await self._writer.run(create)
+        task = asyncio.create_task(
+            self._execute(operation_id, live, charge_point_id, action, payload, timeout),
+            name=f"operation-{operation_id}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _execute(
+        self,
+        operation_id: int,
+        connection: ChargePointConnection,
+        charge_point_id: int,
+        action: str,
+        payload: dict[str, Any],
+        timeout: float | None,
+    ) -> Operation:
+        await self._update(operation_id, status="sent", sent_at=self._clock.now())
+        response: dict[str, Any] | None = None
+        error_code: str | None = None
+        description: str | None = None
+        try:
+            response = await connection.call(
+                action, payload, timeout if timeout is not None else self._settings.call_timeout
+            )
+            status = catalog.outcome(response)
+        except CallTimeout as error:
+            status, error_code, description = "timeout", "Timeout", str(error)
+        except CallRejected as error:
+            status, error_code, description = "error", error.code, error.description
+        except ConnectionClosed as error:
+            status, error_code, description = "error", "ConnectionClosed", str(error)
+        except Exception as error:  # never leave an operation pending
+            log.exception("operation %d (%s) failed", operation_id, action)
+            status, error_code, description = "error", "InternalError", type(error).__name__
+        now = self._clock.now()
+
+        async def finish(c: AsyncConnection) -> None:
+            await c.execute(
+                update(operations)
+                .where(operations.c.id == operation_id)
+                .values(
+                    status=status,
+                    response=response,
+                    error_code=error_code,
+                    error_description=description,
+                    completed_at=now,
+                )
+            )
+            if response is not None:  # effects.apply ignores refusals where they change nothing
+                await effects.apply(
+                    c,
+                    charge_point_id=charge_point_id,
+                    operation_id=operation_id,
+                    action=action,
+                    request=payload,
+                    response=response,
+                    now=now,
+                )
+            if (
+                action == "ChangeConfiguration"
+                and payload.get("key") == "AuthorizationKey"
+                and response is not None
+                and response.get("status") == "Accepted"
+            ):
+                # CONFORMANCE H8: the old key stops working only once the charge point has it.
+                await c.execute(
+                    update(charge_points)
+                    .where(charge_points.c.id == charge_point_id)
+                    .values(
+                        auth_key_hash=hash_secret(
+                            str(payload["value"]),
+                            iterations=self._settings.auth_key_hash_iterations,
+                        ),
+                        updated_at=now,
+                    )
+                )
+
+        await self._writer.run(finish)
+        if action == "ChangeConfiguration" and payload.get("key") == "AuthorizationKey":
+            self._admission.forget(connection.identity)
+        operation = await self.get(operation_id)
+        assert operation is not None
+        await self._publish(operation)
+        return operation
+
+    async def _update(self, operation_id: int, **values: Any) -> None:
+        async def unit(c: AsyncConnection) -> None:
+            await c.execute(
+                update(operations).where(operations.c.id == operation_id).values(**values)
+            )
+
+        await self._writer.run(unit)
+
+    async def _publish(self, operation: Operation) -> None:
+        message = operation.as_dict()
+        for channel in (
+            channels.charge_point(operation.charge_point, channels.OPERATIONS),
+            channels.fleet(channels.OPERATIONS),
+        ):
+            if self._bus.has_subscribers(channel):
+                await self._bus.publish(channel, message)
