@@ -38,6 +38,19 @@ class RegistrationStatus(StrEnum):
     REJECTED = "Rejected"
 
 
+class TraceLevel(StrEnum):
+    """What the per-charge-point OCPP message trace records (observability)."""
+
+    OFF = "off"
+    ERRORS = "errors"  # CALLERRORs in both directions and the CALL each answers
+    ALL = "all"  # every frame in and out
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"  # one JSON object per line (observability)
+
+
 class Settings(BaseSettings):
     """Every setting of a chargegrid node. See docs/configuration.md."""
 
@@ -77,7 +90,6 @@ class Settings(BaseSettings):
 
     # Business rules
     authorize_concurrent_tx: bool = True  # CONFORMANCE A3: tag busy elsewhere -> ConcurrentTx
-    close_open_transaction_on_start: bool = True  # CONFORMANCE T8
     liveness_flush_seconds: float = Field(default=1.0, gt=0)
     sign_certificate_ca_file: Path | None = None
 
@@ -85,6 +97,12 @@ class Settings(BaseSettings):
     auth_key_hash_iterations: int = Field(default=5_000, ge=1_000)
 
     log_level: str = "info"
+
+    # Observability: log format, and the OCPP message trace (a charge point's trace_level
+    # overrides trace_default; rows older than trace_retention_hours are purged).
+    log_format: LogFormat = LogFormat.TEXT
+    trace_default: TraceLevel = TraceLevel.OFF
+    trace_retention_hours: float = Field(default=72.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

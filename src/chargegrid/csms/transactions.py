@@ -49,7 +49,6 @@ async def start_transaction(ctx: Context, request: dict[str, Any]) -> dict[str, 
                 reservation_id=request.get("reservationId"),
             ),
             now=now,
-            close_open=settings.close_open_transaction_on_start,
         )
         return info, outcome
 

@@ -23,7 +23,7 @@ def insert_statement(dialect: str) -> Insert:
 
 
 async def energy_register_readings(connection: AsyncConnection, transaction_id: int) -> list[float]:
-    """Energy.Active.Import.Register readings (Wh) of a transaction, oldest first."""
+    """The transaction's Energy.Active.Import.Register readings (Wh) at the outlet, oldest first."""
     rows = await connection.execute(
         select(meter_values.c.value)
         .where(
@@ -31,6 +31,7 @@ async def energy_register_readings(connection: AsyncConnection, transaction_id: 
             meter_values.c.measurand == "Energy.Active.Import.Register",
             meter_values.c.value.is_not(None),
             meter_values.c.location == "Outlet",
+            meter_values.c.phase.is_(None),  # the total register, not a per-phase one
         )
         .order_by(meter_values.c.timestamp, meter_values.c.id)
     )

@@ -177,6 +177,9 @@ Index(
     meter_values.c.measurand,
     func.coalesce(meter_values.c.phase, ""),
     meter_values.c.location,
+    # A Raw reading and its SignedData twin, or one reading in two contexts, are two samples.
+    meter_values.c.format,
+    meter_values.c.context,
     unique=True,
 )
 

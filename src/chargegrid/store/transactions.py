@@ -6,6 +6,7 @@ connector, tag busy elsewhere) and the writes that follow are one atomic step.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,7 +87,7 @@ async def tag_busy(
 
 
 async def start(
-    connection: AsyncConnection, request: StartRequest, *, now: datetime, close_open: bool
+    connection: AsyncConnection, request: StartRequest, *, now: datetime
 ) -> StartOutcome:
     t = transactions.c
     existing = (
@@ -107,42 +108,43 @@ async def start(
     if existing is not None:
         return StartOutcome(Transaction.from_row(existing), replayed=True, closed=[])
 
+    # CONFORMANCE T8: never two open transactions on one connector; the one left open (its
+    # StopTransaction lost) is closed as an anomaly.
     closed: list[Transaction] = []
-    if close_open:
-        open_rows = (
-            await connection.execute(
-                select(transactions).where(
-                    t.charge_point_id == request.charge_point_id,
-                    t.connector_id == request.connector_id,
-                    t.stopped_at.is_(None),
-                )
+    open_rows = (
+        await connection.execute(
+            select(transactions).where(
+                t.charge_point_id == request.charge_point_id,
+                t.connector_id == request.connector_id,
+                t.stopped_at.is_(None),
             )
-        ).mappings()
-        for open_row in list(open_rows):
-            stale = Transaction.from_row(open_row)
-            await connection.execute(
-                update(transactions)
-                .where(t.id == stale.id)
-                .values(
-                    stopped_at=max(request.started_at, stale.started_at),
-                    stopped_at_raw="",
-                    stop_reason="Other",
-                    updated_at=now,
-                )
+        )
+    ).mappings()
+    for open_row in list(open_rows):
+        stale = Transaction.from_row(open_row)
+        await connection.execute(
+            update(transactions)
+            .where(t.id == stale.id)
+            .values(
+                stopped_at=max(request.started_at, stale.started_at),
+                stopped_at_raw="",
+                stop_reason="Other",
+                updated_at=now,
             )
-            await event_log.record(
-                connection,
-                event_log.row(
-                    request.charge_point_id,
-                    event_log.Category.ANOMALY,
-                    "StartTransaction.open_transaction_closed",
-                    f"transaction {stale.id} on connector {stale.connector_id} was still open "
-                    "when a new one started; closed without a StopTransaction",
-                    now,
-                    {"closed_transaction_id": stale.id, "connector_id": stale.connector_id},
-                ),
-            )
-            closed.append(stale)
+        )
+        await event_log.record(
+            connection,
+            event_log.row(
+                request.charge_point_id,
+                event_log.Category.ANOMALY,
+                "StartTransaction.open_transaction_closed",
+                f"transaction {stale.id} on connector {stale.connector_id} was still open "
+                "when a new one started; closed without a StopTransaction",
+                now,
+                {"closed_transaction_id": stale.id, "connector_id": stale.connector_id},
+            ),
+        )
+        closed.append(stale)
 
     result = await connection.execute(
         insert(transactions)
@@ -201,12 +203,27 @@ async def stop(connection: AsyncConnection, request: StopRequest, *, now: dateti
         )
         return StopOutcome(current, already_stopped=True)
 
-    # CONFORMANCE T4: energy = meterStop - meterStart. A register that went backwards was reset
-    # (M8): then the readings in between tell how much was charged before and after the reset.
+    # CONFORMANCE T4: energy = meterStop - meterStart, when the register readings in between
+    # agree. A register that went backwards was reset (M8): then the energy is summed across the
+    # reset, never negative, and the disagreement is logged for the operator.
     energy = float(request.meter_stop - current.meter_start)
-    if energy < 0:
-        readings = await meter_store.energy_register_readings(connection, current.id)
-        energy = register_energy([float(current.meter_start), *readings, float(request.meter_stop)])
+    readings = await meter_store.energy_register_readings(connection, current.id)
+    track = [float(current.meter_start), *readings, float(request.meter_stop)]
+    if any(later < earlier for earlier, later in itertools.pairwise(track)):
+        energy = register_energy(track)
+        await event_log.record(
+            connection,
+            event_log.row(
+                request.charge_point_id,
+                event_log.Category.ANOMALY,
+                "StopTransaction.register_reset",
+                f"energy register of transaction {current.id} went backwards; energy summed "
+                f"across the reset: {energy:g} Wh (meterStop - meterStart = "
+                f"{request.meter_stop - current.meter_start} Wh)",
+                now,
+                {"transaction_id": current.id, "energy_wh": energy},
+            ),
+        )
     result = await connection.execute(
         update(transactions)
         .where(transactions.c.id == current.id)

@@ -155,6 +155,8 @@ def upgrade() -> None:
             "measurand",
             sa.text("coalesce(phase, '')"),
             "location",
+            "format",
+            "context",
         ],
         unique=True,
     )
