@@ -96,9 +96,9 @@ class Admission:
 
     async def _register_unknown(self, identity: str) -> tuple[int, int, str, str | None] | None:
         policy = self._settings.unknown_charge_points
-        if policy is UnknownChargePointPolicy.REJECT:
+        if policy == UnknownChargePointPolicy.REJECT:
             return None
-        status = "Accepted" if policy is UnknownChargePointPolicy.ACCEPT else "Pending"
+        status = "Accepted" if policy == UnknownChargePointPolicy.ACCEPT else "Pending"
         try:
             async with self._engine.begin() as connection:
                 charge_point_id = await cp_store.add(
