@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./chargegrid.db"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 class UnknownChargePointPolicy(StrEnum):
@@ -104,6 +105,14 @@ class Settings(BaseSettings):
     trace_default: TraceLevel = TraceLevel.OFF
     trace_retention_hours: float = Field(default=72.0, gt=0)
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
     @field_validator("database_url")
     @classmethod
     def _known_driver(cls, value: str) -> str:
@@ -127,18 +136,25 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("CHARGEGRID_CONFIG")
+        config_file = settings_cls.model_config.get("toml_file") or os.environ.get(
+            "CHARGEGRID_CONFIG"
+        )
         if config_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(str(config_file))))
         return tuple(sources)
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from, lowest first: defaults, the TOML file, the environment, ``overrides``."""
-    if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        os.environ["CHARGEGRID_CONFIG"] = str(path)
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**clean)
+    if config_file is None:
+        return Settings(**clean)
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class FileSettings(Settings):
+        # The file is this call's alone: nothing leaks into os.environ or later Settings().
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    return FileSettings(**clean)

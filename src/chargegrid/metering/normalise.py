@@ -7,6 +7,7 @@ Units are normalised to the base unit so that kWh and Wh readings of one registe
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from chargegrid.clock import parse_timestamp
@@ -101,9 +102,8 @@ def sampled_value_rows(
 
 def _number(raw: str, factor: float) -> float | None:
     try:
-        value = float(raw)
+        value = float(raw) * factor
     except ValueError:
         return None
-    if value != value or value in (float("inf"), float("-inf")):  # NaN / inf are not readings
-        return None
-    return value * factor
+    # NaN and infinities (sent, or from scaling a huge number) are not readings.
+    return value if math.isfinite(value) else None

@@ -76,6 +76,8 @@ class GroupCommitter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.stats = BatchStats()
+        # Observability: called with (items, seconds) after each committed batch (metrics).
+        self.on_commit: Callable[[int, float], None] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -85,6 +87,8 @@ class GroupCommitter:
         self._closing = True
         self._wake.set()
         self._full.set()
+        async with self._space:  # callers waiting for room get StoreUnavailable
+            self._space.notify_all()
         if self._task is not None:
             await self._task
             self._task = None
@@ -124,10 +128,16 @@ class GroupCommitter:
             raise StoreUnavailable("the writer is shutting down")
         if self._task is None:
             raise StoreUnavailable("the writer is not running")
-        if self._queued + count > self._queue_limit:
+        # A write larger than the whole limit waits for an empty queue rather than forever.
+        needed = min(count, self._queue_limit)
+        if self._queued + needed > self._queue_limit:
             # Backpressure: the caller (a charge point's message) waits for room.
             async with self._space:
-                await self._space.wait_for(lambda: self._queued + count <= self._queue_limit)
+                await self._space.wait_for(
+                    lambda: self._closing or self._queued + needed <= self._queue_limit
+                )
+            if self._closing:
+                raise StoreUnavailable("the writer is shutting down")
 
     def _added(self, batch: _Batch, count: int) -> None:
         batch.items += count
@@ -186,6 +196,8 @@ class GroupCommitter:
         self.stats.units += len(batch.units)
         self.stats.last_batch_items = batch.items
         self.stats.last_commit_seconds = time.perf_counter() - started
+        if self.on_commit is not None:
+            self.on_commit(batch.items, self.stats.last_commit_seconds)
         if batch.done is not None and not batch.done.done():
             batch.done.set_result(None)
         for future, ok, value in results:
