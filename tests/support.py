@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chargegrid import admin
 from chargegrid.app import Application, build_app
 from chargegrid.config import Settings
-from chargegrid.store.database import create_engine
+from chargegrid.store.database import create_engine, writing
 from chargegrid.store.migrate import upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -115,13 +115,13 @@ class RunningServer:
             return list((await connection.execute(text(sql), params)).mappings())
 
     async def add_charge_point(self, identity: str, **kwargs: Any) -> int:
-        async with self.node.engine.begin() as connection:
+        async with writing(self.node.engine).begin() as connection:
             return await admin.add_charge_point(
                 connection, identity, now=datetime.now(UTC), hash_iterations=1000, **kwargs
             )
 
     async def add_id_tag(self, tag: str, **kwargs: Any) -> int:
-        async with self.node.engine.begin() as connection:
+        async with writing(self.node.engine).begin() as connection:
             return await admin.add_id_tag(connection, tag, now=datetime.now(UTC), **kwargs)
 
 

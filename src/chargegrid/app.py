@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from chargegrid import __version__
@@ -41,15 +44,24 @@ from chargegrid.gateway.admission import Admission, Admitted
 from chargegrid.gateway.asgi import OcppGateway, Receive, Scope, Send
 from chargegrid.gateway.connection import ChargePointConnection
 from chargegrid.gateway.registry import ConnectionRegistry
+from chargegrid.live import sse as live_sse
+from chargegrid.live import websocket as live_websocket
+from chargegrid.live.hub import LiveHub
+from chargegrid.live.stats import StatsPublisher
+from chargegrid.observability.metrics import Metrics
+from chargegrid.observability.observer import NodeObserver
+from chargegrid.observability.trace import MessageTrace
 from chargegrid.ocpp import validation
 from chargegrid.store import charge_points as cp_store
-from chargegrid.store.database import create_engine
+from chargegrid.store.database import create_engine, writing
 from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_values import insert_statement
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.queries import Queries
 
 log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).with_name("web") / "static"
 
 
 class ChargeGrid:
@@ -68,6 +80,14 @@ class ChargeGrid:
             queue_limit=settings.commit_queue_limit,
         )
         self.bus = MemoryBus()
+        self.live = LiveHub(
+            self.bus,
+            grace=settings.live_replay_grace_seconds,
+            buffer_size=settings.live_replay_buffer,
+        )
+        self.stats_publisher = StatsPublisher(
+            self.engine, self.bus, self.clock, settings.live_stats_interval
+        )
         self.liveness = Liveness(self.writer, settings.liveness_flush_seconds)
         self.services = Services(
             settings=settings,
@@ -82,6 +102,22 @@ class ChargeGrid:
         self.dispatcher = Dispatcher()
         self.registry: ConnectionRegistry[ChargePointConnection] = ConnectionRegistry()
         self.admission = Admission(self.engine, settings, self.clock)
+        # Observability: metrics at /metrics, the per-charge-point message trace.
+        self.trace = MessageTrace(
+            engine=self.engine,
+            writer=self.writer,
+            clock=self.clock,
+            default=settings.trace_default,
+            retention=timedelta(hours=settings.trace_retention_hours),
+        )
+        self.metrics = Metrics(
+            connected=self.registry.__len__,
+            queued=lambda: self.writer.queued,
+            commit_failures=lambda: self.writer.stats.failures,
+            trace_dropped=lambda: self.trace.dropped,
+        )
+        self.writer.on_commit = self.metrics.batch_committed
+        self.observer = NodeObserver(self.metrics, self.trace)
         self.gateway = OcppGateway(
             admission=self.admission,
             registry=self.registry,
@@ -91,6 +127,7 @@ class ChargeGrid:
             presence=StoredPresence(self.services),
             handshake_timeout=settings.handshake_timeout,
             reject_before_accepted=settings.reject_calls_before_accepted,
+            observer=self.observer,
         )
         self.commands = CommandService(
             engine=self.engine,
@@ -101,6 +138,7 @@ class ChargeGrid:
             clock=self.clock,
             settings=settings,
         )
+        self.commands.on_finished = self.metrics.command_finished
 
     def _context(self, admitted: Admitted) -> Context:
         return Context(
@@ -117,11 +155,14 @@ class ChargeGrid:
         if self.settings.migrate_on_start:
             await upgrade(self.engine)
         validation.compile_all()
-        async with self.engine.begin() as connection:
+        async with writing(self.engine).begin() as connection:
             await cp_store.mark_all_disconnected(connection, self.clock.now())
         await self.bus.start()
+        await self.live.start()
+        await self.stats_publisher.start()
         await self.writer.start()
         await self.liveness.start()
+        await self.trace.start()
         log.info("chargegrid %s started (%s)", __version__, self.engine.url.render_as_string())
 
     async def stop(self) -> None:
@@ -130,8 +171,11 @@ class ChargeGrid:
             if connection is not None:
                 await connection.close(1001, "server shutting down")
         await self.commands.stop()
+        await self.trace.stop()
         await self.liveness.stop()
         await self.writer.stop()
+        await self.stats_publisher.stop()
+        await self.live.stop()
         await self.bus.stop()
         await self.engine.dispose()
 
@@ -179,6 +223,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
         "from `POST /api/v1/auth/token`.",
     )
     web.state.node = node
+    web.mount("/static", StaticFiles(directory=STATIC), name="static")
     for module in (
         auth,
         charge_points,
@@ -190,6 +235,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
         commands,
         users,
         observability,
+        live_websocket,
+        live_sse,
     ):
         router = module.router
         web.include_router(router)

@@ -19,7 +19,7 @@ from chargegrid.config import Settings, load_settings
 from chargegrid.store import charge_points as cp_store
 from chargegrid.store import id_tags as tag_store
 from chargegrid.store import users as user_store
-from chargegrid.store.database import create_engine
+from chargegrid.store.database import create_engine, writing
 from chargegrid.store.migrate import upgrade
 
 T = TypeVar("T")
@@ -41,7 +41,7 @@ def _with_database(settings: Settings, work: Callable[[AsyncConnection], Awaitab
         )
         try:
             await upgrade(engine)
-            async with engine.begin() as connection:
+            async with writing(engine).begin() as connection:
                 return await work(connection)
         finally:
             await engine.dispose()
@@ -89,11 +89,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None, database_url: 
     import uvicorn
 
     from chargegrid.app import build_app
+    from chargegrid.observability.logs import configure_logging
 
     settings = _settings(ctx, host=host, port=port, database_url=database_url)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Observability: text or JSON lines (settings.log_format), credentials masked; uvicorn's
+    # loggers go to the same handler (log_config=None below).
+    configure_logging(settings.log_level, settings.log_format)
     try:
         import uvloop  # noqa: F401
 
@@ -113,6 +114,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, database_url: 
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
         log_level=settings.log_level,
+        log_config=None,
         lifespan="on",
     )
     # uvicorn's sansio WebSocket protocol logs this error after every WebSocket Denial Response

@@ -43,7 +43,7 @@ class TraceLevel(StrEnum):
     """What the per-charge-point OCPP message trace records (observability)."""
 
     OFF = "off"
-    ERRORS = "errors"  # CALLERRORs in both directions and the CALL each answers
+    ERRORS = "errors"  # CALLERRORs both ways, the CALL each answers, frames ignored
     ALL = "all"  # every frame in and out
 
 
@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     auth_key_hash_iterations: int = Field(default=5_000, ge=1_000)
 
     log_level: str = "info"
+
+    # Live streams (WebSocket /api/v1/live, Server-Sent Events)
+    live_meter_values_interval: float = Field(default=0.0, ge=0)  # 0: every value, coalesced
+    live_max_pending: int = Field(default=1000, ge=10)  # events a slow subscriber may owe
+    live_keepalive_seconds: float = Field(default=15.0, gt=0)
+    live_replay_buffer: int = Field(default=500, ge=0)  # events kept per channel for resuming
+    live_replay_grace_seconds: float = Field(default=60.0, ge=0)
+    live_stats_interval: float = Field(default=2.0, gt=0)  # fleet stats checked this often
 
     # Observability: log format, and the OCPP message trace (a charge point's trace_level
     # overrides trace_default; rows older than trace_retention_hours are purged).

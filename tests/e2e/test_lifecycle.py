@@ -18,6 +18,7 @@ from ocpp.v16 import call
 
 from chargegrid import admin
 from chargegrid.config import Settings
+from chargegrid.store.database import writing
 from support import RecordingChargePoint, RunningServer, charge_point, running_server
 
 HEARTBEAT_INTERVAL = 137
@@ -197,7 +198,7 @@ async def test_l2_pending_then_accepted_on_next_boot(server: RunningServer) -> N
     await server.add_charge_point("CP1", registration_status="Pending")
     async with charge_point(server, "CP1") as cp:
         assert (await send(cp, boot_request())).status == "Pending"
-        async with server.node.engine.begin() as connection:
+        async with writing(server.node.engine).begin() as connection:
             await admin.update_charge_point(
                 connection, "CP1", now=datetime.now(UTC), registration_status="Accepted"
             )

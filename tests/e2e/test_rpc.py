@@ -29,6 +29,7 @@ from chargegrid.gateway.connection import (
     ConnectionClosed,
 )
 from chargegrid.ocpp.errors import OcppError
+from chargegrid.store.database import writing
 from support import RecordingChargePoint, RunningServer, charge_point, raw_socket, running_server
 
 BOOT = {"chargePointVendor": "V", "chargePointModel": "M"}
@@ -363,7 +364,7 @@ async def test_r10_pending_charge_point_gets_security_error_until_accepted(
         assert await server.scalar("SELECT count(*) FROM connectors") == 0
 
         # The operator accepts it; the CP boots again and is served.
-        async with server.node.engine.begin() as connection:
+        async with writing(server.node.engine).begin() as connection:
             await admin.update_charge_point(
                 connection, "CP1", now=datetime.now(UTC), registration_status="Accepted"
             )

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from ocpp.v16 import call
 
-from chargegrid.config import Settings
-from support import RecordingChargePoint, RunningServer, charge_point, running_server
+from support import RecordingChargePoint, RunningServer, charge_point
 
 T0 = "2024-05-01T10:00:00Z"
 T0_UTC = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)

@@ -47,6 +47,28 @@ class Principal:
         return self.user.role.rank >= role.rank
 
 
+async def principal_for_token(node: Any, token: str) -> Principal | None:
+    """The principal a bearer token stands for, or None if it is unknown, expired or disabled."""
+    async with node.engine.connect() as connection:
+        user = await user_store.user_for_token(connection, token, node.clock.now())
+        if user is None:
+            return None
+        visible = await user_store.visible_charge_point_ids(connection, user)
+    return Principal(user, visible)
+
+
+def token_from(headers: Any, cookies: Any, query: Any) -> str | None:
+    """A bearer token from the Authorization header, the dashboard's cookie, or ``?token=``
+    (browsers cannot set headers on EventSource and WebSocket)."""
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            return str(credentials.strip())
+    token = cookies.get("chargegrid_token") or query.get("token")
+    return str(token) if token else None
+
+
 async def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -55,16 +77,15 @@ async def get_principal(
     token = credentials.credentials if credentials is not None else None
     if token is None:
         token = request.cookies.get("chargegrid_token")  # the dashboard's session
+    if token is None and "text/event-stream" in request.headers.get("accept", ""):
+        # EventSource cannot send headers; only event streams take the token from the URL.
+        token = request.query_params.get("token")
     if not token:
         raise HTTPException(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
-    async with node.engine.connect() as connection:
-        user = await user_store.user_for_token(connection, token, node.clock.now())
-        if user is None:
-            raise HTTPException(
-                401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        visible = await user_store.visible_charge_point_ids(connection, user)
-    return Principal(user, visible)
+    principal = await principal_for_token(node, token)
+    if principal is None:
+        raise HTTPException(401, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"})
+    return principal
 
 
 def require(role: user_store.Role) -> object:

@@ -12,8 +12,9 @@ METER_VALUES = "meter_values"
 CONNECTION = "connection"
 ALERTS = "alerts"
 OPERATIONS = "operations"
+STATS = "stats"  # fleet only: the dashboard counters changed
 
-TOPICS = (STATUS, SESSIONS, METER_VALUES, CONNECTION, ALERTS, OPERATIONS)
+TOPICS = (STATUS, SESSIONS, METER_VALUES, CONNECTION, ALERTS, OPERATIONS, STATS)
 
 
 def charge_point(identity: str, topic: str) -> str:

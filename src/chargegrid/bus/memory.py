@@ -3,41 +3,57 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 
 class MemorySubscription:
-    def __init__(self, bus: MemoryBus, channels: list[str], max_pending: int) -> None:
+    def __init__(self, bus: MemoryBus, max_pending: int) -> None:
         self._bus = bus
-        self.channels = channels
-        self.queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(max_pending)
+        self.channels: set[str] = set()
+        self._pending: deque[tuple[str, dict[str, Any]]] = deque()
+        self._max_pending = max_pending
+        self._ready = asyncio.Event()
+        self._closed = False
         self.dropped = 0
 
     def offer(self, channel: str, message: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait((channel, message))
-        except asyncio.QueueFull:
+        if self._closed:
+            return
+        if len(self._pending) >= self._max_pending:
             # Memory stays bounded: a subscriber that does not keep up loses the oldest message.
+            self._pending.popleft()
             self.dropped += 1
-            self.queue.get_nowait()
-            self.queue.put_nowait((channel, message))
+        self._pending.append((channel, message))
+        self._ready.set()
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         while True:
-            item = await self.queue.get()
-            if item is None:
+            while self._pending:
+                yield self._pending.popleft()
+            if self._closed:
                 return
-            yield item
+            self._ready.clear()
+            await self._ready.wait()
+
+    async def add(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            if channel not in self.channels:
+                self.channels.add(channel)
+                self._bus._subscribers[channel].add(self)
+
+    async def remove(self, channels: Iterable[str]) -> None:
+        for channel in channels:
+            self.channels.discard(channel)
+            self._bus._discard(channel, self)
 
     async def close(self) -> None:
-        self._bus._remove(self)
-        try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            self.queue.get_nowait()
-            self.queue.put_nowait(None)
+        if self._closed:
+            return
+        self._closed = True
+        await self.remove(list(self.channels))
+        self._ready.set()
 
 
 class MemoryBus:
@@ -59,16 +75,16 @@ class MemoryBus:
         for subscription in tuple(self._subscribers.get(channel, ())):
             subscription.offer(channel, message)
 
-    def subscribe(self, channels: list[str], *, max_pending: int = 1000) -> MemorySubscription:
-        subscription = MemorySubscription(self, channels, max_pending)
-        for channel in channels:
-            self._subscribers[channel].add(subscription)
+    async def subscribe(
+        self, channels: Iterable[str], *, max_pending: int = 1000
+    ) -> MemorySubscription:
+        subscription = MemorySubscription(self, max_pending)
+        await subscription.add(channels)
         return subscription
 
-    def _remove(self, subscription: MemorySubscription) -> None:
-        for channel in subscription.channels:
-            subscribers = self._subscribers.get(channel)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._subscribers[channel]
+    def _discard(self, channel: str, subscription: MemorySubscription) -> None:
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[channel]

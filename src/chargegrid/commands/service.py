@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,6 +109,25 @@ def _operation(row: Any) -> Operation:
     )
 
 
+def _oversized_integer(value: Any, path: str = "") -> str | None:
+    """The path of the first integer in ``value`` outside the signed 32-bit range, if any."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -(2**31) <= value < 2**31 else path or "payload"
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for child_path, child in items:
+        found = _oversized_integer(child, child_path)
+        if found is not None:
+            return found
+    return None
+
+
 class CommandService:
     def __init__(
         self,
@@ -127,6 +148,12 @@ class CommandService:
         self._clock = clock
         self._settings = settings
         self._tasks: set[asyncio.Task[Operation]] = set()
+        # One call in flight per charge point (CONFORMANCE R11): an operation waits its turn
+        # here, still "pending", and becomes "sent" only when it goes on the wire.
+        self._turns: dict[str, asyncio.Lock] = {}
+        # Observability: called with (action, status, seconds) when a charge point answered or
+        # the call failed (metrics); the time runs from just before the CALL is sent.
+        self.on_finished: Callable[[str, str, float], None] | None = None
 
     async def perform_now(
         self,
@@ -199,6 +226,11 @@ class CommandService:
             validate_request(action, payload)
         except OcppError as error:
             raise CommandError(422, f"invalid {action} payload: {error.description}") from None
+        too_large = _oversized_integer(payload)
+        if too_large is not None:
+            # The schemas set no bounds, but ids, connector numbers and versions are 32-bit
+            # integers in the database; the effects of a larger one could not be stored.
+            raise CommandError(422, f"invalid {action} payload: {too_large}: out of 32-bit range")
         async with self._engine.connect() as connection:
             row = (
                 await connection.execute(
@@ -252,14 +284,20 @@ class CommandService:
         payload: dict[str, Any],
         timeout: float | None,
     ) -> Operation:
-        await self._update(operation_id, status="sent", sent_at=self._clock.now())
         response: dict[str, Any] | None = None
         error_code: str | None = None
         description: str | None = None
+        turn = self._turns.setdefault(connection.identity, asyncio.Lock())
+        started = time.perf_counter()
         try:
-            response = await connection.call(
-                action, payload, timeout if timeout is not None else self._settings.call_timeout
-            )
+            async with turn:
+                await self._update(operation_id, status="sent", sent_at=self._clock.now())
+                started = time.perf_counter()
+                response = await connection.call(
+                    action,
+                    payload,
+                    timeout if timeout is not None else self._settings.call_timeout,
+                )
             status = catalog.outcome(response)
         except CallTimeout as error:
             status, error_code, description = "timeout", "Timeout", str(error)
@@ -270,6 +308,8 @@ class CommandService:
         except Exception as error:  # never leave an operation pending
             log.exception("operation %d (%s) failed", operation_id, action)
             status, error_code, description = "error", "InternalError", type(error).__name__
+        if self.on_finished is not None:
+            self.on_finished(action, status, time.perf_counter() - started)
         now = self._clock.now()
 
         async def finish(c: AsyncConnection) -> None:

@@ -51,17 +51,18 @@ async def status_notification(ctx: Context, request: dict[str, Any]) -> dict[str
             )
 
     await services.writer.run(unit)
+    bus = services.bus
     channel = channels.charge_point(charge_point.identity, channels.STATUS)
-    if services.bus.has_subscribers(channel):
+    fleet = channels.fleet(channels.STATUS)
+    if bus.has_subscribers(channel) or bus.has_subscribers(fleet):
         # The reference guide's status payload.
-        await services.bus.publish(
-            channel,
-            {
-                "connector_id": connector_id,
-                "status": request["status"],
-                "error_code": request["errorCode"],
-                "info": request.get("info"),
-                "timestamp": isoformat_z(status_at or now),
-            },
-        )
+        message = {
+            "connector_id": connector_id,
+            "status": request["status"],
+            "error_code": request["errorCode"],
+            "info": request.get("info"),
+            "timestamp": isoformat_z(status_at or now),
+        }
+        await bus.publish(channel, message)
+        await bus.publish(fleet, {"charge_point": charge_point.identity, **message})
     return {}

@@ -24,6 +24,7 @@ from chargegrid.clock import Clock
 from chargegrid.config import Settings, UnknownChargePointPolicy
 from chargegrid.credentials import verify_secret
 from chargegrid.store import charge_points as cp_store
+from chargegrid.store.database import writing
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class Admission:
             return None
         status = "Accepted" if policy == UnknownChargePointPolicy.ACCEPT else "Pending"
         try:
-            async with self._engine.begin() as connection:
+            async with writing(self._engine).begin() as connection:
                 charge_point_id = await cp_store.add(
                     connection, identity, now=self._clock.now(), registration_status=status
                 )

@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from chargegrid.gateway.admission import SUBPROTOCOL, Admission, Admitted, Handshake, Refused
 from chargegrid.gateway.connection import ChargePointConnection, Dispatch
+from chargegrid.gateway.observer import NO_OBSERVER, ConnectionObserver
 from chargegrid.gateway.registry import ConnectionRegistry
 from chargegrid.ocpp.session import OcppSession
 
@@ -66,6 +67,7 @@ class OcppGateway:
         handshake_timeout: float = 10.0,
         reject_before_accepted: bool = True,
         prefix: str = "/ocpp/",
+        observer: ConnectionObserver = NO_OBSERVER,
     ) -> None:
         self.admission = admission
         self.registry = registry
@@ -76,6 +78,7 @@ class OcppGateway:
         self._handshake_timeout = handshake_timeout
         self._reject_before_accepted = reject_before_accepted
         self.prefix = prefix
+        self._observer = observer  # observability: metrics and message trace
 
     def identity_from_path(self, raw_path: str) -> str | None:
         """The charge point identity: the percent-decoded last path segment (CONFORMANCE H1)."""
@@ -111,9 +114,11 @@ class OcppGateway:
             decision = Refused(500, "internal error")
         if isinstance(decision, Refused):
             log.info("refused %r: %d %s", identity, decision.status, decision.reason)
+            self._observer.handshake(decision.status)
             await self._refuse(scope, send, decision)
             return
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL})
+        self._observer.handshake(101)
         await self._serve(decision, receive, send)
 
     async def _serve(self, admitted: Admitted, receive: Receive, send: Send) -> None:
@@ -131,6 +136,7 @@ class OcppGateway:
             _AsgiTransport(send),
             self._dispatch,
             lambda: presence.activity(connection),
+            self._observer,
         )
         replaced = self.registry.register(connection)
         if replaced is not None:
@@ -138,6 +144,7 @@ class OcppGateway:
             log.info("%s reconnected; closing its previous socket", admitted.identity)
             await replaced.close(1000, "replaced by a new connection")
         await presence.connected(connection)
+        await self._observer.connected(connection)
         reason = "closed by charge point"
         try:
             while True:
@@ -156,6 +163,7 @@ class OcppGateway:
             log.info("%s: %s", admitted.identity, reason)
         finally:
             connection.connection_lost()
+            self._observer.disconnected(connection)
             # Guarantee 3: a replaced socket must not unregister its successor.
             if self.registry.unregister(connection):
                 await presence.disconnected(connection, reason)

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from chargegrid.gateway.observer import NO_OBSERVER, ConnectionObserver, FrameTrace
 from chargegrid.ocpp.errors import ErrorCode, OcppError
 from chargegrid.ocpp.events import Ignored, IncomingCall, IncomingError, IncomingResult, Reply
 from chargegrid.ocpp.frames import Call
@@ -65,6 +66,7 @@ class ChargePointConnection:
         transport: Transport,
         dispatch: Dispatch,
         on_activity: Callable[[], None],
+        observer: ConnectionObserver = NO_OBSERVER,
     ) -> None:
         self.identity = identity
         self.charge_point = charge_point
@@ -78,11 +80,17 @@ class ChargePointConnection:
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self.closed = False
         self.log = logging.LoggerAdapter(log, {"charge_point": identity})
+        # Observability: counters on every handled CALL; frames go to ``trace`` only while it is
+        # set (the observer sets it per charge point), so tracing off costs one attribute test.
+        self.observer = observer
+        self.trace: FrameTrace | None = None
 
     async def receive(self, text: str | bytes) -> None:
         """Feed one received text frame."""
         self._on_activity()
         event = self.session.receive(text)
+        if self.trace is not None:  # observability: message trace
+            self.trace.frame_in(text, event)
         if isinstance(event, IncomingCall):
             self._calls.append(event.call)
             if self._worker is None:
@@ -94,6 +102,7 @@ class ChargePointConnection:
                 event.call, None, CallRejected(event.code, event.description, event.details)
             )
         elif isinstance(event, Reply):
+            self.observer.call_refused(self, text, event)  # observability: metrics
             self.log.warning(
                 "%s: %s %s (message %s)",
                 self.identity,
@@ -113,12 +122,15 @@ class ChargePointConnection:
             self._worker = None
 
     async def _handle(self, call: Call) -> None:
+        error_code: str | None = None  # observability: the CALLERROR sent, if any
         try:
             response = await self._dispatch(self.charge_point, call.action, call.payload)
             text = self.session.result(call.message_id, response)
         except OcppError as error:
+            error_code = error.code
             text = self.session.error(call.message_id, error.code, error.description, error.details)
         except Exception:
+            error_code = ErrorCode.INTERNAL_ERROR
             # CONFORMANCE R8: generic description, empty details; never a trace or SQL to the CP.
             self.log.exception("%s: handler for %s failed", self.identity, call.action)
             text = self.session.error(
@@ -126,6 +138,7 @@ class ChargePointConnection:
             )
         # The boot handler may have changed the registration status (errata §3.8).
         self.session.accepted = bool(self.charge_point.accepted)
+        self.observer.call_handled(self, call.action, error_code)  # observability: metrics
         await self._send(text)
 
     async def call(
@@ -168,6 +181,8 @@ class ChargePointConnection:
     async def _send(self, text: str) -> None:
         if self.closed:
             return
+        if self.trace is not None:  # observability: message trace
+            self.trace.frame_out(text)
         try:
             await self._transport.send(text)
         except Exception as error:  # the socket went away under us; the receive loop ends it

@@ -39,4 +39,18 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # See writing(): a transaction that will write takes the write lock up front.
+        mode = connection.get_execution_options().get("sqlite_begin", "")
+        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def writing(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (same pool), for transactions that write.
+
+    On SQLite they start with ``BEGIN IMMEDIATE``: a deferred transaction that reads and then
+    writes fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, which busy_timeout does
+    not retry) if another connection committed since its read. Taking the write lock first makes
+    it wait its turn instead. Reads keep deferred transactions, so they never wait for writers.
+    PostgreSQL ignores the option.
+    """
+    return engine.execution_options(sqlite_begin="IMMEDIATE")

@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from chargegrid.store.database import writing
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -64,7 +66,7 @@ class GroupCommitter:
         max_items: int = 1000,
         queue_limit: int = 50_000,
     ) -> None:
-        self._engine = engine
+        self._engine = writing(engine)
         self._interval = interval
         self._max_items = max_items
         self._queue_limit = queue_limit

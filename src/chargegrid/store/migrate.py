@@ -11,6 +11,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chargegrid.store.database import writing
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -28,7 +30,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
-    async with engine.begin() as connection:
+    async with writing(engine).begin() as connection:
         await connection.run_sync(run)
 
 

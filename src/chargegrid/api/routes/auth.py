@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from chargegrid.api.deps import Node, Viewer
 from chargegrid.store import users as user_store
+from chargegrid.store.database import writing
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -36,7 +37,7 @@ class Me(BaseModel):
 @router.post("/token", response_model=TokenOut)
 async def issue_token(body: TokenRequest, node: Node) -> TokenOut:
     """A bearer token for ``Authorization: Bearer ...``; shown once, stored only as a hash."""
-    async with node.engine.begin() as connection:
+    async with writing(node.engine).begin() as connection:
         user = await user_store.check_password(connection, body.username, body.password)
         if user is None:
             raise HTTPException(401, "wrong username or password")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query
+from fastapi import APIRouter, Body, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -15,6 +15,10 @@ from chargegrid.commands.service import CommandError, Operation
 from chargegrid.store.tables import connectors, transactions
 
 router = APIRouter(prefix="/api/v1", tags=["commands"])
+
+# Ids and connector numbers are 32-bit integers in the database (and in practice in OCPP); a
+# larger number is a 422, not a database overflow.
+INT32_MAX = 2**31 - 1
 
 
 class OperationOut(BaseModel):
@@ -109,7 +113,7 @@ async def command(
 
 
 class StartRequest(BaseModel):
-    connector_id: int = Field(gt=0)
+    connector_id: int = Field(gt=0, le=INT32_MAX)
     id_tag: str = Field(min_length=1, max_length=20)
 
 
@@ -145,7 +149,10 @@ async def start(
 
 class StopRequest(BaseModel):
     session_id: int | None = Field(
-        default=None, description="Defaults to the charge point's current session."
+        default=None,
+        ge=1,
+        le=INT32_MAX,
+        description="Defaults to the charge point's current session.",
     )
 
 
@@ -196,7 +203,7 @@ async def reset(
 
 
 class UnlockRequest(BaseModel):
-    connector_id: int = Field(gt=0)
+    connector_id: int = Field(gt=0, le=INT32_MAX)
 
 
 @router.post("/charge-points/{identity}/unlock", response_model=OperationOut, status_code=202)
@@ -215,7 +222,9 @@ async def unlock(
 
 
 class AvailabilityRequest(BaseModel):
-    connector_id: int = Field(default=0, ge=0, description="0: the whole charge point")
+    connector_id: int = Field(
+        default=0, ge=0, le=INT32_MAX, description="0: the whole charge point"
+    )
     type: str = Field(pattern="^(Operative|Inoperative)$")
 
 
@@ -235,7 +244,9 @@ async def availability(
 
 
 @router.get("/operations/{operation_id}", response_model=OperationOut, tags=["operations"])
-async def get_operation(operation_id: int, node: Node, principal: Viewer) -> dict[str, Any]:
+async def get_operation(
+    operation_id: Annotated[int, Path(ge=1, le=INT32_MAX)], node: Node, principal: Viewer
+) -> dict[str, Any]:
     operation = await node.commands.get(operation_id)
     if operation is None:
         raise HTTPException(404, f"no operation {operation_id}")

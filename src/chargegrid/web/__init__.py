@@ -1,0 +1,1 @@
+"""The operator dashboard and browser assets served by the app."""
