@@ -21,10 +21,12 @@ from sqlalchemy import text
 
 from chargegrid import __version__
 from chargegrid.api.routes import (
+    alerts,
     auth,
     charge_points,
     commands,
     events,
+    history,
     id_tags,
     meter_values,
     observability,
@@ -58,6 +60,7 @@ from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_values import insert_statement
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.queries import Queries
+from chargegrid.web import pages as web_pages
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +240,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
         observability,
         live_websocket,
         live_sse,
+        alerts,
+        history,
+        web_pages,
     ):
         router = module.router
         web.include_router(router)

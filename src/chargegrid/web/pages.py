@@ -1,0 +1,7 @@
+"""Dashboard pages (issue 6, in progress)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
