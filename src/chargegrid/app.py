@@ -34,7 +34,9 @@ from chargegrid.api.routes import (
     stats,
     users,
 )
+from chargegrid.bus.base import Bus
 from chargegrid.bus.memory import MemoryBus
+from chargegrid.bus.redis import RedisBus
 from chargegrid.clock import Clock, SystemClock
 from chargegrid.commands.service import CommandService
 from chargegrid.config import Settings
@@ -82,7 +84,11 @@ class ChargeGrid:
             max_items=settings.commit_max_items,
             queue_limit=settings.commit_queue_limit,
         )
-        self.bus = MemoryBus()
+        self.bus: Bus = (
+            RedisBus(settings.bus_url, node_id=settings.node_id, prefix=settings.bus_prefix)
+            if settings.bus_url
+            else MemoryBus()
+        )
         self.live = LiveHub(
             self.bus,
             grace=settings.live_replay_grace_seconds,

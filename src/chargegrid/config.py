@@ -99,6 +99,11 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # Event bus: in-process by default; Redis (redis://HOST:PORT/DB) when several nodes share events.
+    bus_url: str | None = None
+    bus_prefix: str = "chargegrid:"  # Redis channel names start with this
+    node_id: str | None = None  # default: hostname and process id
+
     # Live streams (WebSocket /api/v1/live, Server-Sent Events)
     live_meter_values_interval: float = Field(default=0.0, ge=0)  # 0: every value, coalesced
     live_max_pending: int = Field(default=1000, ge=10)  # events a slow subscriber may owe
@@ -120,6 +125,13 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("bus_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("bus_url must be a redis://, rediss:// or unix:// URL")
+        return value or None
 
     @field_validator("database_url")
     @classmethod
