@@ -52,6 +52,10 @@ from chargegrid.live import sse as live_sse
 from chargegrid.live import websocket as live_websocket
 from chargegrid.live.hub import LiveHub
 from chargegrid.live.stats import StatsPublisher
+from chargegrid.metering.alerts import AlertEngine
+from chargegrid.metering.live_stats import LiveStats
+from chargegrid.metering.retention import Retention
+from chargegrid.metering.rollups import RollupMaintainer
 from chargegrid.observability.metrics import Metrics
 from chargegrid.observability.observer import NodeObserver
 from chargegrid.observability.trace import MessageTrace
@@ -89,6 +93,36 @@ class ChargeGrid:
             if settings.bus_url
             else MemoryBus()
         )
+        # Meter-value pipeline (issue 4): the meter value insert goes through the rollup
+        # maintainer (same transaction); committed values feed live statistics and alerts.
+        meter_insert = insert_statement(self.engine.dialect.name)
+        self.rollups = RollupMaintainer(self.engine.dialect.name)
+        self.writer.sinks[meter_insert] = self.rollups
+        self.live_stats = LiveStats(
+            self.bus,
+            self.clock,
+            window_seconds=settings.live_stats_window_seconds,
+            stopped_sessions=settings.live_stats_stopped_sessions,
+        )
+        self.alerts = AlertEngine(
+            self.engine,
+            self.writer,
+            self.bus,
+            self.clock,
+            rules_file=settings.alert_rules_file,
+            webhook_url=settings.alert_webhook_url,
+            webhook_timeout=settings.alert_webhook_timeout,
+        )
+        self.rollups.observers += [self.live_stats.observe, self.alerts.observe]
+        self.retention = Retention(
+            self.writer,
+            self.clock,
+            raw_days=settings.retention_raw_days,
+            hourly_days=settings.retention_hourly_days,
+            daily_days=settings.retention_daily_days,
+            interval=settings.retention_interval_seconds,
+            batch_size=settings.retention_batch_size,
+        )
         self.live = LiveHub(
             self.bus,
             grace=settings.live_replay_grace_seconds,
@@ -105,7 +139,7 @@ class ChargeGrid:
             writer=self.writer,
             bus=self.bus,
             liveness=self.liveness,
-            meter_insert=insert_statement(self.engine.dialect.name),
+            meter_insert=meter_insert,
         )
         self.queries = Queries(self.engine)
         self.dispatcher = Dispatcher()
@@ -170,6 +204,9 @@ class ChargeGrid:
         await self.live.start()
         await self.stats_publisher.start()
         await self.writer.start()
+        await self.live_stats.start()
+        await self.alerts.start()
+        await self.retention.start()
         await self.liveness.start()
         await self.trace.start()
         log.info("chargegrid %s started (%s)", __version__, self.engine.url.render_as_string())
@@ -182,7 +219,10 @@ class ChargeGrid:
         await self.commands.stop()
         await self.trace.stop()
         await self.liveness.stop()
+        await self.retention.stop()
+        await self.alerts.stop()
         await self.writer.stop()
+        await self.live_stats.stop()
         await self.stats_publisher.stop()
         await self.live.stop()
         await self.bus.stop()
@@ -211,8 +251,18 @@ class Application:
             await self.web(scope, receive, send)  # type: ignore[arg-type]
 
 
+def _quiet_denials(record: logging.LogRecord) -> bool:
+    # uvicorn's sansio WebSocket protocol logs this error after every WebSocket Denial Response
+    # (it never marks the handshake complete). Our endpoints always accept or deny, so the line
+    # only ever reports a refused connection, which the gateway already logs at INFO.
+    return record.getMessage() != "ASGI callable returned without completing handshake."
+
+
 def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
     """The whole server as one ASGI application; its lifespan starts and stops the node."""
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if _quiet_denials not in uvicorn_errors.filters:
+        uvicorn_errors.addFilter(_quiet_denials)
     node = ChargeGrid(settings, clock=clock)
 
     @asynccontextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -116,12 +115,6 @@ def serve(ctx: click.Context, host: str | None, port: int | None, database_url: 
         log_level=settings.log_level,
         log_config=None,
         lifespan="on",
-    )
-    # uvicorn's sansio WebSocket protocol logs this error after every WebSocket Denial Response
-    # (it never marks the handshake complete); our gateway always accepts or denies, so the line
-    # only ever reports a refused charge point, which the gateway already logs at INFO.
-    logging.getLogger("uvicorn.error").addFilter(
-        lambda record: record.getMessage() != "ASGI callable returned without completing handshake."
     )
     scheme = "wss" if settings.tls_certfile else "ws"
     click.echo(
@@ -483,3 +476,171 @@ def groups_assign(
 
     _with_database(_settings(ctx, database_url=database_url), work)
     click.echo(f"group {group}: added {len(identities)} charge points")
+
+
+# --- simulator and benchmarks (issue 7) ------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--url", required=True, help="OCPP endpoint without the identity: ws://HOST:PORT/ocpp"
+)
+@click.option("--charge-points", "count", type=click.IntRange(1), default=10, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0, min_open=True),
+    default=60.0,
+    show_default=True,
+    help="Seconds to run.",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["realistic", "stress"]),
+    default="realistic",
+    show_default=True,
+    help="realistic: sessions, faults, outages; stress: MeterValues as fast as answered.",
+)
+@click.option("--id-prefix", default="SIM", show_default=True, help="Identities PREFIX00001, ...")
+@click.option("--auth-key", default=None, help="Security Profile 1 AuthorizationKey for all CPs.")
+@click.option(
+    "--id-tag",
+    "id_tags",
+    multiple=True,
+    help="idTag to charge with (repeatable; spread over connectors). Default SIMTAG.",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same behaviour.")
+@click.option(
+    "--speed",
+    type=click.FloatRange(0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Simulated seconds per real second (sessions, meter interval, outages).",
+)
+@click.option("--connectors", type=click.IntRange(0, 8), default=0, help="Per CP (0: 1 or 2).")
+@click.option("--meter-interval", type=click.FloatRange(0.1), default=5.0, show_default=True)
+@click.option(
+    "--idle-mean",
+    type=click.FloatRange(0),
+    default=120.0,
+    show_default=True,
+    help="Mean simulated seconds between sessions on a connector.",
+)
+@click.option(
+    "--fault-rate",
+    type=click.FloatRange(0),
+    default=0.02,
+    show_default=True,
+    help="Faults per connector per simulated hour.",
+)
+@click.option(
+    "--offline-rate",
+    type=click.FloatRange(0),
+    default=0.05,
+    show_default=True,
+    help="Network drops per CP per simulated hour.",
+)
+@click.option(
+    "--ramp",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds over which CPs connect (default: N/500, at most 10).",
+)
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def simulate(
+    url: str,
+    count: int,
+    duration: float,
+    profile: str,
+    id_prefix: str,
+    auth_key: str | None,
+    id_tags: tuple[str, ...],
+    seed: int,
+    speed: float,
+    connectors: int,
+    meter_interval: float,
+    idle_mean: float,
+    fault_rate: float,
+    offline_rate: float,
+    ramp: float | None,
+    summary_json: Path | None,
+    quiet: bool,
+) -> None:
+    """Simulate N OCPP 1.6J charge points against a central system."""
+    import json
+
+    from chargegrid.simulator import Fleet, SimConfig
+    from chargegrid.simulator.fleet import ProgressLine
+
+    config = SimConfig(
+        url=url,
+        id_prefix=id_prefix,
+        id_tags=id_tags or ("SIMTAG",),
+        auth_key=auth_key,
+        profile=profile,
+        seed=seed,
+        speed=speed,
+        connectors=connectors,
+        meter_interval=meter_interval,
+        idle_mean=idle_mean,
+        fault_rate=fault_rate,
+        offline_rate=offline_rate,
+    )
+    fleet = Fleet(config, count)
+    line = None if quiet else ProgressLine()
+
+    async def run() -> dict[str, Any]:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:  # pragma: no cover
+            pass
+        return await fleet.run(
+            duration, ramp=min(count / 500, 10.0) if ramp is None else ramp, progress=line
+        )
+
+    try:
+        summary = asyncio.run(run())
+    except KeyboardInterrupt:
+        summary = fleet.summary()
+    if line is not None:
+        line.done()
+    _print_simulation_summary(summary)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["errors"]["total"]:
+        sys.exit(1)
+
+
+def _print_simulation_summary(summary: dict[str, Any]) -> None:
+    click.echo(
+        f"{summary['charge_points']} charge points, {summary['duration_s']:.0f} s, "
+        f"{summary['messages']['total']} messages ({summary['messages_per_second']}/s)"
+    )
+    click.echo(f"{'ACTION':<32} {'SENT':>8} {'ANSWERED':>9}")
+    sent, answered = summary["messages"]["sent"], summary["messages"]["answered"]
+    for action in sorted(sent):
+        click.echo(f"{action:<32} {sent[action]:>8} {answered.get(action, 0):>9}")
+    for action, n in summary["messages"]["received"].items():
+        click.echo(f"{'<- ' + action:<32} {n:>8}")
+    sessions = summary["sessions"]
+    click.echo(
+        f"sessions: {sessions['started']} started, {sessions['stopped']} stopped, "
+        f"{sessions['active_at_end']} active; energy {summary['energy_total_wh'] / 1000:,.1f} kWh; "
+        f"{summary['offline_periods']} outages, {summary['replayed']} replayed, "
+        f"{summary['faults']} faults"
+    )
+    errors = summary["errors"]
+    click.echo(f"errors: {errors['total']}")
+    for kind in ("call_errors", "timeouts", "connect_failures", "unexpected"):
+        for what, n in errors[kind].items():
+            click.echo(f"  {kind}: {what}: {n}")
+    if summary["undelivered"]:
+        click.echo(f"undelivered at the end: {summary['undelivered']}")
+    top = sorted(summary["energy_wh"].items(), key=lambda kv: -kv[1])[:10]
+    if top:
+        click.echo(
+            "energy per charge point (top 10, kWh): "
+            + ", ".join(f"{cp} {wh / 1000:.1f}" for cp, wh in top)
+        )

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
-    # Event bus: in-process by default; Redis (redis://HOST:PORT/DB) when several nodes share events.
+    # Event bus: in-process by default; Redis (redis://HOST:PORT/DB) for several nodes.
     bus_url: str | None = None
     bus_prefix: str = "chargegrid:"  # Redis channel names start with this
     node_id: str | None = None  # default: hostname and process id
@@ -117,6 +117,20 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.TEXT
     trace_default: TraceLevel = TraceLevel.OFF
     trace_retention_hours: float = Field(default=72.0, gt=0)
+
+    # Meter-value pipeline (issue 4): live statistics, alerts, rollups, retention.
+    live_stats_window_seconds: float = Field(default=900.0, gt=0)  # the rolling window
+    live_stats_stopped_sessions: int = Field(default=1000, ge=0)  # finished sessions kept
+    alert_rules_file: Path | None = None  # TOML with [[rules]]; synced into the database at start
+    alert_webhook_url: str | None = None  # POSTed every alert change as JSON
+    alert_webhook_timeout: float = Field(default=5.0, gt=0)
+    retention_raw_days: float = Field(default=30.0, gt=0)
+    retention_hourly_days: float = Field(default=30.0, gt=0)
+    retention_daily_days: float = Field(default=365.0, gt=0)
+    retention_interval_seconds: float = Field(default=300.0, gt=0)  # how often a purge runs
+    retention_batch_size: int = Field(default=2000, ge=1)  # rows per delete (one short write)
+    history_raw_max_hours: float = Field(default=6.0, gt=0)  # longer spans use rollups
+    history_hourly_max_days: float = Field(default=31.0, gt=0)  # longer spans use daily rollups
 
     @field_validator("log_level")
     @classmethod

@@ -353,7 +353,19 @@ class CommandService:
                     )
                 )
 
-        await self._writer.run(finish)
+        try:
+            await self._writer.run(finish)
+        except Exception:
+            # The answer could not be stored with its effects; never leave the operation "sent".
+            log.exception("operation %d (%s): storing the result failed", operation_id, action)
+            await self._update(
+                operation_id,
+                status="error",
+                response=response,
+                error_code="InternalError",
+                error_description="the charge point answered, but its answer could not be stored",
+                completed_at=now,
+            )
         if action == "ChangeConfiguration" and payload.get("key") == "AuthorizationKey":
             self._admission.forget(connection.identity)
         operation = await self.get(operation_id)
