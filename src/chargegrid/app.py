@@ -7,17 +7,21 @@ them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.types import Receive as AsgiReceive
+from starlette.types import Scope as AsgiScope
+from starlette.types import Send as AsgiSend
 
 from chargegrid import __version__
 from chargegrid.api.routes import (
@@ -38,16 +42,21 @@ from chargegrid.bus.base import Bus
 from chargegrid.bus.memory import MemoryBus
 from chargegrid.bus.redis import RedisBus
 from chargegrid.clock import Clock, SystemClock
+from chargegrid.cluster import Cluster
 from chargegrid.commands.service import CommandService
 from chargegrid.config import Settings
-from chargegrid.csms.context import ChargePointSession, Context, Services
+from chargegrid.csms.context import ChargePointSession, Context, DataTransferHandler, Services
+from chargegrid.csms.decisions import BootPolicy, ExternalAuthorizer, IdTagAuthorizer
 from chargegrid.csms.dispatch import Dispatcher
 from chargegrid.csms.liveness import Liveness
 from chargegrid.csms.presence import StoredPresence
+from chargegrid.events import Event, EventStream, Listener, listen
+from chargegrid.events import subscribe as subscribe_events
 from chargegrid.gateway.admission import Admission, Admitted
-from chargegrid.gateway.asgi import OcppGateway, Receive, Scope, Send
+from chargegrid.gateway.asgi import OcppGateway, Presence, Receive, Scope, Send
 from chargegrid.gateway.connection import ChargePointConnection
 from chargegrid.gateway.registry import ConnectionRegistry
+from chargegrid.hooks import Hooks
 from chargegrid.live import sse as live_sse
 from chargegrid.live import websocket as live_websocket
 from chargegrid.live.hub import LiveHub
@@ -60,6 +69,7 @@ from chargegrid.observability.metrics import Metrics
 from chargegrid.observability.observer import NodeObserver
 from chargegrid.observability.trace import MessageTrace
 from chargegrid.ocpp import validation
+from chargegrid.plugins import load_plugin
 from chargegrid.store import charge_points as cp_store
 from chargegrid.store.database import create_engine, writing
 from chargegrid.store.group_commit import GroupCommitter
@@ -142,7 +152,8 @@ class ChargeGrid:
             meter_insert=meter_insert,
         )
         self.queries = Queries(self.engine)
-        self.dispatcher = Dispatcher()
+        self.hooks = Hooks()
+        self.dispatcher = Dispatcher(hooks=self.hooks, node=self)
         self.registry: ConnectionRegistry[ChargePointConnection] = ConnectionRegistry()
         self.admission = Admission(self.engine, settings, self.clock)
         # Observability: metrics at /metrics, the per-charge-point message trace.
@@ -158,16 +169,35 @@ class ChargeGrid:
             queued=lambda: self.writer.queued,
             commit_failures=lambda: self.writer.stats.failures,
             trace_dropped=lambda: self.trace.dropped,
+            hook_failures=lambda: self.hooks.failures,
         )
         self.writer.on_commit = self.metrics.batch_committed
         self.observer = NodeObserver(self.metrics, self.trace)
+        # Scale-out (issue 8): with Redis, the node claims the charge points it holds and routes
+        # commands for the others to their nodes; presence then claims/releases ownership.
+        self.cluster: Cluster | None = None
+        presence: Presence = StoredPresence(self.services)
+        if settings.bus_url:
+            self.cluster = Cluster(
+                url=settings.bus_url,
+                node_id=getattr(self.bus, "node_id", None) or settings.node_id or "node",
+                prefix=settings.bus_prefix,
+                registry=self.registry,
+                writer=self.writer,
+                bus=self.bus,
+                clock=self.clock,
+                ttl=settings.cluster_ownership_ttl,
+                margin=settings.cluster_route_margin,
+                redis_timeout=settings.cluster_redis_timeout,
+            )
+            presence = self.cluster.presence(presence)
         self.gateway = OcppGateway(
             admission=self.admission,
             registry=self.registry,
             dispatch=self.dispatcher,
             context_factory=self._context,
             supported=self.dispatcher.routes.keys(),
-            presence=StoredPresence(self.services),
+            presence=presence,
             handshake_timeout=settings.handshake_timeout,
             reject_before_accepted=settings.reject_calls_before_accepted,
             observer=self.observer,
@@ -181,7 +211,65 @@ class ChargeGrid:
             clock=self.clock,
             settings=settings,
         )
+        self.commands.hooks = self.hooks
+        self.commands.node = self
         self.commands.on_finished = self.metrics.command_finished
+        if self.cluster is not None:
+            self.commands.router = self.cluster.router
+
+        for plugin in settings.plugins:
+            load_plugin(plugin)(self)
+
+    # -- the embedding API (docs/embedding.md) ----------------------------------------------
+
+    def data_transfer(self, vendor_id: str) -> Callable[[DataTransferHandler], DataTransferHandler]:
+        """Decorator: answer DataTransfer requests of ``vendor_id`` (OCPP 1.6 §4.3)."""
+
+        def register(handler: DataTransferHandler) -> DataTransferHandler:
+            self.services.data_transfer[vendor_id] = handler
+            return handler
+
+        return register
+
+    def set_authorizer(
+        self, service: IdTagAuthorizer, *, timeout: float = 2.0, ttl: float = 300.0
+    ) -> ExternalAuthorizer:
+        """Let ``service(charge_point, id_tag)`` decide Authorize and StartTransaction, with a
+        cache of ``ttl`` seconds; after ``timeout`` seconds, or on an error, the local list
+        decides. Returns the wrapper (its ``fallbacks`` counts the times that happened)."""
+        authorizer = ExternalAuthorizer(service, timeout=timeout, ttl=ttl)
+        self.services.authorizer = authorizer
+        return authorizer
+
+    def set_boot_policy(self, policy: BootPolicy) -> None:
+        """Let ``policy(charge_point, request)`` answer BootNotifications (None: stored status)."""
+        self.services.boot_policy = policy
+
+    async def subscribe(
+        self, *, charge_point: str | None = None, topics: Iterable[str] | None = None
+    ) -> EventStream:
+        """Live events as an async iterator (see chargegrid.events)."""
+        return await subscribe_events(self.bus, charge_point=charge_point, topics=topics)
+
+    async def on(
+        self,
+        topic: str,
+        callback: Callable[[Event], Awaitable[None] | None],
+        *,
+        charge_point: str | None = None,
+    ) -> Listener:
+        """Call ``callback(event)`` for every ``topic`` event (of one charge point, or all)."""
+        return listen(await self.subscribe(charge_point=charge_point, topics=[topic]), callback)
+
+    @asynccontextmanager
+    async def lifespan(self, _app: object = None) -> AsyncIterator[None]:
+        """Start the node for the duration of the block; usable as an ASGI app's lifespan
+        (it yields nothing, since Starlette takes a yielded value for lifespan state)."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
 
     def _context(self, admitted: Admitted) -> Context:
         return Context(
@@ -198,9 +286,14 @@ class ChargeGrid:
         if self.settings.migrate_on_start:
             await upgrade(self.engine)
         validation.compile_all()
-        async with writing(self.engine).begin() as connection:
-            await cp_store.mark_all_disconnected(connection, self.clock.now())
+        if self.cluster is None:
+            # One node: nothing can be connected yet. With several, others hold charge points
+            # right now; the cluster's reaper clears those of a crashed node instead.
+            async with writing(self.engine).begin() as connection:
+                await cp_store.mark_all_disconnected(connection, self.clock.now())
         await self.bus.start()
+        if self.cluster is not None:
+            await self.cluster.start()
         await self.live.start()
         await self.stats_publisher.start()
         await self.writer.start()
@@ -212,11 +305,12 @@ class ChargeGrid:
         log.info("chargegrid %s started (%s)", __version__, self.engine.url.render_as_string())
 
     async def stop(self) -> None:
-        for identity in self.registry.identities():
-            connection = self.registry.get(identity)
-            if connection is not None:
-                await connection.close(1001, "server shutting down")
+        # All at once: one after another, shutdown would take as long as the slowest peers
+        # summed (seconds with thousands of charge points).
+        live = [c for c in map(self.registry.get, self.registry.identities()) if c is not None]
+        await asyncio.gather(*(c.close(1001, "server shutting down") for c in live))
         await self.commands.stop()
+        await self.hooks.drain()
         await self.trace.stop()
         await self.liveness.stop()
         await self.retention.stop()
@@ -225,6 +319,8 @@ class ChargeGrid:
         await self.live_stats.stop()
         await self.stats_publisher.stop()
         await self.live.stop()
+        if self.cluster is not None:
+            await self.cluster.stop()
         await self.bus.stop()
         await self.engine.dispose()
 
@@ -240,15 +336,34 @@ class ChargeGrid:
 class Application:
     """The ASGI entry point: OCPP WebSockets to the gateway, everything else to the web app."""
 
-    def __init__(self, node: ChargeGrid, web: FastAPI) -> None:
+    def __init__(self, node: ChargeGrid, web: FastAPI, *, ocpp: bool = True) -> None:
         self.node = node
         self.web = web
+        self.ocpp = ocpp
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"].startswith(self.node.gateway.prefix):
-            await self.node.gateway(scope, receive, send)
-        else:
-            await self.web(scope, receive, send)  # type: ignore[arg-type]
+    @property
+    def lifespan(self) -> Callable[..., Any]:
+        """For an embedding application: ``FastAPI(lifespan=grid_app.lifespan)`` starts the node
+        (a mounted application's own lifespan is not run by Starlette)."""
+        return self.node.lifespan
+
+    async def __call__(self, asgi_scope: AsgiScope, receive: AsgiReceive, send: AsgiSend) -> None:
+        # Typed as Starlette's ASGI types, so that mounting this into any Starlette/FastAPI
+        # application type-checks for the embedder.
+        scope = cast(Scope, asgi_scope)
+        if scope["type"] == "websocket" and self.ocpp:
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                # Mounted under a prefix: the gateway sees the path below the mount point.
+                path = path[len(root) :]
+                raw = scope.get("raw_path")
+                if raw and raw.startswith(root.encode()):
+                    scope = {**scope, "raw_path": raw[len(root.encode()) :]}
+            if path.startswith(self.node.gateway.prefix):
+                await self.node.gateway(scope, cast(Receive, receive), cast(Send, send))
+                return
+        await self.web(scope, receive, send)
 
 
 def _quiet_denials(record: logging.LogRecord) -> bool:
@@ -258,8 +373,22 @@ def _quiet_denials(record: logging.LogRecord) -> bool:
     return record.getMessage() != "ASGI callable returned without completing handshake."
 
 
-def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
-    """The whole server as one ASGI application; its lifespan starts and stops the node."""
+def build_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    ocpp: bool = True,
+    api: bool = True,
+    live: bool = True,
+    dashboard: bool = True,
+) -> Application:
+    """The server as one ASGI application; its lifespan starts and stops the node.
+
+    ``ocpp``: the charge point endpoint ``/ocpp/{id}``; ``api``: ``/api/v1`` and ``/metrics``;
+    ``live``: WebSocket and SSE streams; ``dashboard``: the web pages. ``/healthz`` and
+    ``/readyz`` are always there. Mounted into another application, start the node with its
+    lifespan (``Application.lifespan``). See docs/embedding.md.
+    """
     uvicorn_errors = logging.getLogger("uvicorn.error")
     if _quiet_denials not in uvicorn_errors.filters:
         uvicorn_errors.addFilter(_quiet_denials)
@@ -283,25 +412,16 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
     )
     web.state.node = node
     web.mount("/static", StaticFiles(directory=STATIC), name="static")
-    for module in (
-        auth,
-        charge_points,
-        sessions,
-        meter_values,
-        id_tags,
-        stats,
-        events,
-        commands,
-        users,
-        observability,
-        live_websocket,
-        live_sse,
-        alerts,
-        history,
-        web_pages,
-    ):
-        router = module.router
-        web.include_router(router)
+    parts: list[Any] = []
+    if api:
+        parts += [auth, charge_points, sessions, meter_values, id_tags, stats, events]
+        parts += [commands, users, observability, alerts, history]
+    if live:
+        parts += [live_websocket, live_sse]
+    if dashboard:
+        parts += [web_pages]
+    for module in parts:
+        web.include_router(module.router)
 
     @web.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, Any]:
@@ -312,7 +432,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> Application:
     async def readyz() -> JSONResponse:
         """Ready: the database answers and charge points are being accepted."""
         if await node.ready():
-            return JSONResponse({"status": "ready", "connected": len(node.registry)})
+            body: dict[str, Any] = {"status": "ready", "connected": len(node.registry)}
+            if node.cluster is not None:
+                # Redis down is degraded, not unready: this node keeps serving its own sockets.
+                body["cluster"] = node.cluster.status()
+            return JSONResponse(body)
         return JSONResponse({"status": "database unavailable"}, status_code=503)
 
-    return Application(node, web)
+    return Application(node, web, ocpp=ocpp)

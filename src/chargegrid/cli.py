@@ -644,3 +644,197 @@ def _print_simulation_summary(summary: dict[str, Any]) -> None:
             "energy per charge point (top 10, kWh): "
             + ", ".join(f"{cp} {wh / 1000:.1f}" for cp, wh in top)
         )
+
+
+def _csv_ints(value: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in value.split(",") if part.strip())
+
+
+def _csv_words(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@main.command()
+@click.option(
+    "--targets",
+    default="chargegrid,ocpp-lib,ocpp-rpc,echo",
+    show_default=True,
+    help="Servers to measure, comma-separated.",
+)
+@click.option("--scenarios", default="throughput,latency,idle,storm,commands", show_default=True)
+@click.option("--sizes", default="50,500", show_default=True, help="Charge points (throughput).")
+@click.option("--sampled", default="3,10", show_default=True, help="Sampled values per message.")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--warmup", type=click.FloatRange(0), default=2.0, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds measured per throughput run.",
+)
+@click.option(
+    "--paced-rate",
+    type=click.FloatRange(1),
+    default=5000.0,
+    show_default=True,
+    help="Round trips/s of the paced latency run (largest size).",
+)
+@click.option(
+    "--idle",
+    type=click.IntRange(0),
+    default=20_000,
+    show_default=True,
+    help="Idle connections to hold (capped by the fd limit).",
+)
+@click.option(
+    "--storm",
+    type=click.IntRange(0),
+    default=5_000,
+    show_default=True,
+    help="Charge points connecting at once.",
+)
+@click.option(
+    "--commands",
+    type=click.IntRange(0),
+    default=100,
+    show_default=True,
+    help="REST commands and live events timed (chargegrid only).",
+)
+@click.option(
+    "--peers-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("benchmarks/peers"),
+    show_default=True,
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("benchmarks/results"),
+    show_default=True,
+)
+@click.option("--base-port", type=click.IntRange(1024, 65000), default=18300, show_default=True)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A fast sanity run: 1 repeat, 3 s, 2,000 idle, 1,000 storm, 20 commands.",
+)
+def bench(
+    targets: str,
+    scenarios: str,
+    sizes: str,
+    sampled: str,
+    repeats: int,
+    warmup: float,
+    duration: float,
+    paced_rate: float,
+    idle: int,
+    storm: int,
+    commands: int,
+    peers_dir: Path,
+    out_dir: Path,
+    base_port: int,
+    quick: bool,
+) -> None:
+    """Benchmark chargegrid against peers (see docs/benchmarks.md); writes JSON, markdown, PNG."""
+    from chargegrid.simulator.bench import BenchOptions, markdown, run_bench, write_reports
+
+    options = BenchOptions(
+        targets=_csv_words(targets),
+        scenarios=_csv_words(scenarios),
+        sizes=_csv_ints(sizes),
+        sampled=_csv_ints(sampled),
+        repeats=1 if quick else repeats,
+        warmup=1.0 if quick else warmup,
+        duration=3.0 if quick else duration,
+        paced_rate=paced_rate,
+        idle=min(idle, 2_000) if quick else idle,
+        storm=min(storm, 1_000) if quick else storm,
+        commands=min(commands, 20) if quick else commands,
+        peers_dir=peers_dir,
+        out_dir=out_dir,
+        base_port=base_port,
+    )
+    results = run_bench(options, say=lambda line: click.echo(line, err=True))
+    for path in write_reports(results, out_dir):
+        click.echo(f"wrote {path}", err=True)
+    click.echo(markdown(results))
+
+
+# --- Meter-value pipeline: rollups and alert rules (issue 4) -------------------------------------
+
+
+def _cli_time(name: str, value: str) -> Any:
+    from chargegrid.clock import parse_timestamp
+
+    try:
+        return parse_timestamp(value)
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 date-time: {value!r}", param_hint=name) from None
+
+
+@main.group("rollups")
+def rollups_group() -> None:
+    """Hourly and daily meter value rollups."""
+
+
+@rollups_group.command("rebuild")
+@click.option("--since", required=True, help="ISO 8601 start (rounded down to a UTC day).")
+@click.option("--until", default=None, help="ISO 8601 end (default: now).")
+@database_option
+@click.pass_context
+def rollups_rebuild(
+    ctx: click.Context, since: str, until: str | None, database_url: str | None
+) -> None:
+    """Recompute rollups from raw values, one UTC day per transaction (safe while serving)."""
+    from chargegrid.metering.rollups import rebuild
+
+    settings = _settings(ctx, database_url=database_url)
+    since_at = _cli_time("--since", since)
+    until_at = _cli_time("--until", until) if until else SystemClock().now()
+    if until_at < since_at:
+        raise click.BadParameter("--until is before --since", param_hint="--until")
+
+    async def run() -> int:
+        engine = create_engine(
+            settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        try:
+            await upgrade(engine)
+            return await rebuild(
+                engine,
+                since_at,
+                until_at,
+                progress=lambda day, rows: click.echo(
+                    f"{day.date().isoformat()}: {rows} values", err=True
+                ),
+            )
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(run())
+    click.echo(f"rebuilt rollups from {rows} raw values")
+
+
+@main.group("alerts")
+def alerts_group() -> None:
+    """Alert rules."""
+
+
+@alerts_group.command("import")
+@click.argument("rules_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@database_option
+@click.pass_context
+def alerts_import(ctx: click.Context, rules_file: Path, database_url: str | None) -> None:
+    """Create or replace the rules of a TOML file ([[rules]] tables), by name."""
+    from chargegrid.metering.alerts import sync_rules_file
+
+    settings = _settings(ctx, database_url=database_url)
+    try:
+        count = _with_database(
+            settings, lambda c: sync_rules_file(c, rules_file, SystemClock().now())
+        )
+    except (ValidationError, ValueError) as error:
+        raise click.ClickException(f"invalid rules file: {error}") from None
+    click.echo(f"imported {count} rules")

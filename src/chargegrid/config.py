@@ -99,10 +99,19 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # Embedding: "module:function" callables run with the node at build time (docs/embedding.md)
+    plugins: list[str] = Field(default_factory=list)
+
     # Event bus: in-process by default; Redis (redis://HOST:PORT/DB) for several nodes.
     bus_url: str | None = None
     bus_prefix: str = "chargegrid:"  # Redis channel names start with this
     node_id: str | None = None  # default: hostname and process id
+    # Scale-out (issue 8, with bus_url): a node's claim on a charge point lives this long
+    # unless refreshed (every third of it); a crashed node's charge points show "not connected"
+    # within about 3 TTLs. A routed command's requester waits call timeout + route margin.
+    cluster_ownership_ttl: float = Field(default=15.0, ge=0.3)
+    cluster_route_margin: float = Field(default=5.0, ge=0)
+    cluster_redis_timeout: float = Field(default=1.0, gt=0)  # per Redis command of the cluster
 
     # Live streams (WebSocket /api/v1/live, Server-Sent Events)
     live_meter_values_interval: float = Field(default=0.0, ge=0)  # 0: every value, coalesced

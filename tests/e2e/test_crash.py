@@ -30,7 +30,7 @@ import httpx
 import pytest
 import websockets
 from ocpp.v16 import ChargePoint, call
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chargegrid.clock import parse_timestamp
@@ -87,7 +87,16 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/ocpp/"
 
 
+# The journals' timestamps are from 2024: keep retention from purging them (issue 4).
+NO_RETENTION = {
+    "CHARGEGRID_RETENTION_RAW_DAYS": "36500",
+    "CHARGEGRID_RETENTION_HOURLY_DAYS": "36500",
+    "CHARGEGRID_RETENTION_DAILY_DAYS": "36500",
+}
+
+
 async def start_server(database_url: str, log: Path, **env: str) -> ServerProcess:
+    env = {**NO_RETENTION, **env}
     port = free_port()
     with log.open("ab") as output:
         process = await asyncio.create_subprocess_exec(
@@ -457,6 +466,38 @@ def check_acknowledged(stored: Stored, journals: list[Journal]) -> list[str]:
     return problems
 
 
+async def rollup_mismatches(engine: AsyncEngine) -> list[str]:
+    """Stored rollups against a brute-force recompute from the raw values (issue 4): they are
+    written in the raw insert's transaction, so a SIGKILL can never leave them apart."""
+    from chargegrid.metering.rollups import recompute
+    from chargegrid.store import rollups as rollup_store
+
+    async with engine.connect() as connection:
+        raw = (await connection.execute(select(*rollup_store.RETURNED))).all()
+        stored = await rollup_store.read_all(connection)
+    expected = recompute(raw)
+    problems = []
+    seen = set()
+    for row in stored:
+        key = tuple(row[c] for c in rollup_store.PRIMARY_KEY)
+        seen.add(key)
+        agg = expected.get(key)  # type: ignore[call-overload]
+        if agg is None:
+            if row["count"] or row["energy"]:
+                problems.append(f"{key}: stored, not in raw")
+            continue
+        got = (row["count"], row["min"], row["max"], row["first_value"], row["last_value"])
+        want = (agg.count, agg.min, agg.max, agg.first_value, agg.last_value)
+        if (
+            got != want
+            or abs(row["sum"] - agg.sum) > 1e-6
+            or (agg.energy is not None and abs((row["energy"] or 0.0) - agg.energy) > 1e-6)
+        ):
+            problems.append(f"{key}: stored {got} {row['energy']}, recomputed {want} {agg.energy}")
+    problems += [f"{key}: missing" for key in expected if key not in seen]
+    return problems
+
+
 # --- the test -----------------------------------------------------------------------------------
 
 
@@ -509,6 +550,8 @@ async def test_sigkill_under_load_loses_nothing_acknowledged_and_replay_stores_o
         )
         problems = check_acknowledged(stored, journals)
         assert not problems, f"{len(problems)} acknowledged writes lost: {problems[:10]}"
+        mismatches = await rollup_mismatches(engine)
+        assert not mismatches, f"rollups after the kill: {mismatches[:10]}"
         # Starts that were stored but never acknowledged: the replay must find them.
         stored_before_replay = {
             (j.identity, id(entry)): row["id"]
@@ -571,6 +614,8 @@ async def test_sigkill_under_load_loses_nothing_acknowledged_and_replay_stores_o
                     entry.result = result
         problems = check_acknowledged(after, journals)
         assert not problems, f"{len(problems)} replayed writes missing: {problems[:10]}"
+        mismatches = await rollup_mismatches(engine)
+        assert not mismatches, f"rollups after the replay: {mismatches[:10]}"
     finally:
         await engine.dispose()
         await stop_server(server)

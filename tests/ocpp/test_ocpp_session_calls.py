@@ -17,6 +17,7 @@ from chargegrid.ocpp.session import (
     IncomingError,
     IncomingResult,
     OcppSession,
+    Reply,
 )
 
 RESET = {"type": "Soft"}
@@ -292,3 +293,25 @@ def test_incoming_calls_and_our_pending_call_do_not_interfere() -> None:
 def test_answers_are_taken_before_acceptance() -> None:
     s, call = pending_session("GetConfiguration", {}, accepted=False)
     assert s.receive(result(call.message_id, {})) == IncomingResult(call, {})
+
+
+def test_a_pending_charge_point_may_send_what_trigger_message_asked_for_once() -> None:
+    """OCPP 1.6 §4.2.1: while Pending, a message the CSMS triggered gets through, once."""
+    session = OcppSession(supported={"StatusNotification", "Heartbeat", "BootNotification"})
+    status = (
+        '[2,"s%d","StatusNotification",'
+        '{"connectorId":1,"errorCode":"NoError","status":"Available"}]'
+    )
+    refused = session.receive(status % 1)
+    assert isinstance(refused, Reply) and refused.code is ErrorCode.SECURITY_ERROR
+    call = session.call("TriggerMessage", {"requestedMessage": "StatusNotification"})
+    answer = session.receive(f'[3,"{call.message_id}",{{"status":"Accepted"}}]')
+    assert isinstance(answer, IncomingResult)
+    assert isinstance(session.receive(status % 2), IncomingCall)
+    session.result("s2", {})
+    again = session.receive(status % 3)  # only once
+    assert isinstance(again, Reply) and again.code is ErrorCode.SECURITY_ERROR
+    assert isinstance(session.receive('[2,"h1","Heartbeat",{}]'), Reply)  # not asked for
+    rejected = session.call("TriggerMessage", {"requestedMessage": "Heartbeat"})
+    session.receive(f'[3,"{rejected.message_id}",{{"status":"Rejected"}}]')
+    assert isinstance(session.receive('[2,"h2","Heartbeat",{}]'), Reply)  # refused trigger

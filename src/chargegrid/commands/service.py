@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -33,6 +33,7 @@ from chargegrid.gateway.connection import (
     ConnectionClosed,
 )
 from chargegrid.gateway.registry import ConnectionRegistry
+from chargegrid.hooks import HookContext, Hooks
 from chargegrid.ocpp.errors import OcppError
 from chargegrid.ocpp.validation import validate_request
 from chargegrid.store.group_commit import GroupCommitter
@@ -41,6 +42,24 @@ from chargegrid.store.tables import charge_points, operations
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = frozenset({"accepted", "rejected", "error", "timeout"})
+
+
+class Callee(Protocol):
+    """Where a CALL goes: a local socket, or (cluster) the node holding the charge point."""
+
+    identity: str
+
+    async def call(
+        self, action: str, payload: dict[str, Any], timeout: float
+    ) -> dict[str, Any]: ...
+
+
+class Locator(Protocol):
+    """Finds a charge point held by another node (cluster mode); None if no node holds it.
+
+    Raises CommandError when the other nodes cannot be asked (Redis down)."""
+
+    async def locate(self, identity: str) -> Callee | None: ...
 
 
 class CommandError(Exception):
@@ -148,12 +167,17 @@ class CommandService:
         self._clock = clock
         self._settings = settings
         self._tasks: set[asyncio.Task[Operation]] = set()
+        # Set by the composition root: the embedding application's hooks, and the node they see.
+        self.hooks = Hooks()
+        self.node: Any = None
         # One call in flight per charge point (CONFORMANCE R11): an operation waits its turn
         # here, still "pending", and becomes "sent" only when it goes on the wire.
         self._turns: dict[str, asyncio.Lock] = {}
         # Observability: called with (action, status, seconds) when a charge point answered or
         # the call failed (metrics); the time runs from just before the CALL is sent.
         self.on_finished: Callable[[str, str, float], None] | None = None
+        # Cluster mode (set by the composition root): routes to the node holding the socket.
+        self.router: Locator | None = None
 
     async def perform_now(
         self,
@@ -249,7 +273,10 @@ class CommandService:
             raise CommandError(
                 409, f"{identity} is Pending; {action} is not sent before it is Accepted"
             )
-        live = self._registry.get(identity)
+        live: Callee | None = self._registry.get(identity)
+        if live is None and self.router is not None:
+            # Not held here: another node may hold it (answers at once when nobody does).
+            live = await self.router.locate(identity)
         if live is None:
             raise CommandError(409, f"{identity} is not connected")
         now = self._clock.now()
@@ -278,7 +305,7 @@ class CommandService:
     async def _execute(
         self,
         operation_id: int,
-        connection: ChargePointConnection,
+        connection: Callee,
         charge_point_id: int,
         action: str,
         payload: dict[str, Any],
@@ -291,16 +318,30 @@ class CommandService:
         started = time.perf_counter()
         try:
             async with turn:
+                hook_context = self._hook_context(connection, charge_point_id, action)
+                # A before hook may answer in the charge point's place, or refuse (OcppError).
+                replaced = (
+                    await self.hooks.run_before(hook_context, payload)
+                    if self.hooks.has_before(action)
+                    else None
+                )
                 await self._update(operation_id, status="sent", sent_at=self._clock.now())
                 started = time.perf_counter()
-                response = await connection.call(
-                    action,
-                    payload,
-                    timeout if timeout is not None else self._settings.call_timeout,
+                response = (
+                    replaced
+                    if replaced is not None
+                    else await connection.call(
+                        action,
+                        payload,
+                        timeout if timeout is not None else self._settings.call_timeout,
+                    )
                 )
             status = catalog.outcome(response)
+            self.hooks.schedule_after(hook_context, payload, response)
         except CallTimeout as error:
             status, error_code, description = "timeout", "Timeout", str(error)
+        except OcppError as error:  # a before hook refused the operation
+            status, error_code, description = "error", str(error.code), error.description
         except CallRejected as error:
             status, error_code, description = "error", error.code, error.description
         except ConnectionClosed as error:
@@ -372,6 +413,14 @@ class CommandService:
         assert operation is not None
         await self._publish(operation)
         return operation
+
+    def _hook_context(self, connection: Callee, charge_point_id: int, action: str) -> HookContext:
+        return HookContext(
+            charge_point=connection.identity,
+            charge_point_id=charge_point_id,
+            action=action,
+            node=self.node,
+        )
 
     async def _update(self, operation_id: int, **values: Any) -> None:
         async def unit(c: AsyncConnection) -> None:

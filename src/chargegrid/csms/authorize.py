@@ -6,6 +6,7 @@ from typing import Any
 
 from chargegrid.csms.authorization import id_tag_info
 from chargegrid.csms.context import Context
+from chargegrid.csms.decisions import decide_id_tag
 from chargegrid.store import id_tags
 from chargegrid.store import transactions as tx_store
 
@@ -13,6 +14,9 @@ from chargegrid.store import transactions as tx_store
 async def authorize(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
     services = ctx.services
     id_tag: str = request["idTag"]
+    decided = await decide_id_tag(services.authorizer, ctx.charge_point.identity, id_tag)
+    if decided is not None:
+        return {"idTagInfo": decided}
     async with services.engine.connect() as connection:
         tag = await id_tags.get(connection, id_tag)
         busy = (

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chargegrid.bus import channels
 from chargegrid.clock import isoformat_z
 from chargegrid.csms.context import Context
+from chargegrid.csms.decisions import decide_boot
 from chargegrid.store import charge_points as cp_store
 from chargegrid.store.tables import charge_points
 
@@ -19,8 +20,18 @@ async def boot_notification(ctx: Context, request: dict[str, Any]) -> dict[str, 
     charge_point = ctx.charge_point
     now = services.clock.now()
 
+    decided = await decide_boot(services.boot_policy, charge_point.identity, request)
+
     async def unit(connection: AsyncConnection) -> str:
         await cp_store.record_boot(connection, charge_point.id, request, now)
+        if decided is not None:
+            # The application's decision is kept, so a reconnect without a boot knows it.
+            await connection.execute(
+                update(charge_points)
+                .where(charge_points.c.id == charge_point.id)
+                .values(registration_status=decided)
+            )
+            return decided
         # Read the policy here, not at connect time: an operator may have accepted a Pending
         # charge point since, and its next boot must see that.
         status = await connection.scalar(

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from chargegrid.bus.base import Bus
 from chargegrid.clock import Clock
 from chargegrid.config import Settings
+from chargegrid.csms.decisions import BootPolicy, IdTagAuthorizer
 from chargegrid.csms.liveness import Liveness
 from chargegrid.store.group_commit import GroupCommitter
 
@@ -41,6 +42,9 @@ class Services:
     meter_insert: Insert
     # DataTransfer vendorId -> handler; unknown vendors get UnknownVendorId (OCPP 1.6 §4.3).
     data_transfer: dict[str, DataTransferHandler] = field(default_factory=dict)
+    # Decisions an embedding application may take over (csms/decisions.py); None: built-in.
+    authorizer: IdTagAuthorizer | None = None
+    boot_policy: BootPolicy | None = None
 
 
 @dataclass(slots=True)

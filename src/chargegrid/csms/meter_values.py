@@ -11,6 +11,7 @@ from chargegrid.bus import channels
 from chargegrid.clock import isoformat_z
 from chargegrid.csms.context import Context
 from chargegrid.metering.normalise import sampled_value_rows
+from chargegrid.metering.rollups import RollupMaintainer
 
 
 async def meter_values(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
@@ -19,6 +20,11 @@ async def meter_values(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
     rows = sampled_value_rows(
         charge_point.id, request["connectorId"], request.get("transactionId"), request["meterValue"]
     )
+    sink = services.writer.sinks.get(services.meter_insert)
+    if isinstance(sink, RollupMaintainer):
+        # Rollups cache each register's latest reading; a new connection may mean another node
+        # wrote in between (issue 4, metering/rollups.py).
+        sink.connection_seen(charge_point.id, ctx)
     await services.writer.insert(services.meter_insert, rows)
     channel = channels.charge_point(charge_point.identity, channels.METER_VALUES)
     if services.bus.has_subscribers(channel):

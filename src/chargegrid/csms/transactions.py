@@ -7,6 +7,7 @@ only after the write is committed (DESIGN.md guarantee 1).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,6 +16,7 @@ from chargegrid.bus import channels
 from chargegrid.clock import parse_timestamp
 from chargegrid.csms.authorization import id_tag_info
 from chargegrid.csms.context import Context
+from chargegrid.csms.decisions import decide_id_tag
 from chargegrid.csms.sessions import session_payload
 from chargegrid.metering.normalise import sampled_value_rows
 from chargegrid.store import id_tags
@@ -30,12 +32,18 @@ async def start_transaction(ctx: Context, request: dict[str, Any]) -> dict[str, 
     connector_id: int = request["connectorId"]
     id_tag: str = request["idTag"]
 
+    # An external authorizer is asked before the write: it must never hold the group commit.
+    decided = await decide_id_tag(services.authorizer, charge_point.identity, id_tag)
+
     async def unit(connection: AsyncConnection) -> tuple[dict[str, Any], tx_store.StartOutcome]:
-        tag = await id_tags.get(connection, id_tag)
-        busy = tag is not None and await tx_store.tag_busy(
-            connection, id_tag, except_connector=(charge_point.id, connector_id)
-        )
-        info = id_tag_info(tag, now, busy=busy, concurrent_tx=settings.authorize_concurrent_tx)
+        if decided is not None:
+            info = decided
+        else:
+            tag = await id_tags.get(connection, id_tag)
+            busy = tag is not None and await tx_store.tag_busy(
+                connection, id_tag, except_connector=(charge_point.id, connector_id)
+            )
+            info = id_tag_info(tag, now, busy=busy, concurrent_tx=settings.authorize_concurrent_tx)
         outcome = await tx_store.start(
             connection,
             tx_store.StartRequest(
@@ -89,7 +97,24 @@ async def stop_transaction(ctx: Context, request: dict[str, Any]) -> dict[str, A
         if id_tag is not None:
             tag = await id_tags.get(connection, id_tag)
             info = id_tag_info(tag, now, busy=False, concurrent_tx=False)
-        return info, await tx_store.stop(connection, stop, now=now)
+        request_ = stop
+        if rows:
+            # CONFORMANCE T4: transactionData is stored as meter values, here through the
+            # writer's meter value sink so they are rolled up like any other (issue 4); the
+            # connector is the transaction's, as tx_store.stop would pick it.
+            current = await tx_store.get(connection, transaction_id)
+            connector_id = (
+                current.connector_id
+                if current is not None and current.charge_point_id == charge_point.id
+                else 0
+            )
+            await services.writer.write_rows(
+                connection,
+                services.meter_insert,
+                [dict(row, connector_id=connector_id) for row in rows],
+            )
+            request_ = dataclasses.replace(stop, transaction_data=[])
+        return info, await tx_store.stop(connection, request_, now=now)
 
     info, outcome = await services.writer.run(unit)
     if outcome.transaction is not None and not outcome.already_stopped:

@@ -41,6 +41,7 @@ class Metrics:
         queued: Callable[[], int],
         commit_failures: Callable[[], int] = _zero,
         trace_dropped: Callable[[], int] = _zero,
+        hook_failures: Callable[[], int] = _zero,
     ) -> None:
         self.registry = CollectorRegistry()
         # action -> CALLRESULTs sent for it; the hot path's one increment.
@@ -53,6 +54,7 @@ class Metrics:
         self._queued = queued
         self._commit_failures = commit_failures
         self.trace_dropped = trace_dropped
+        self.hook_failures = hook_failures
         self.command_seconds = Histogram(
             "chargegrid_command_duration_seconds",
             "CSMS-initiated calls: time from sending the CALL to the charge point's answer.",
@@ -171,4 +173,9 @@ class _Counts(Collector):
             "chargegrid_trace_frames_dropped",
             "Message-trace frames not stored: the trace buffer was full or its write failed.",
             value=m.trace_dropped(),
+        )
+        yield CounterMetricFamily(
+            "chargegrid_hook_failures",
+            "Hooks of the embedding application that raised (logged; the connection stayed up).",
+            value=m.hook_failures(),
         )

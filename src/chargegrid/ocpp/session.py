@@ -53,6 +53,9 @@ __all__ = [
 _MAX_MESSAGE_ID_LENGTH: Final = 36
 _BOOT: Final = "BootNotification"
 _FORMATION: Final = ErrorCode.FORMATION_VIOLATION
+_TRIGGERS: Final = frozenset({"TriggerMessage", "ExtendedTriggerMessage"})
+# ExtendedTriggerMessage names a message differently from the action that carries it.
+_TRIGGERED_ACTION: Final = {"SignChargePointCertificate": "SignCertificate"}
 
 
 class OcppSession:
@@ -70,6 +73,7 @@ class OcppSession:
         "_pending",
         "_reject_before_accepted",
         "_supported",
+        "_triggered",
         "_validate_responses",
         "accepted",
     )
@@ -91,6 +95,13 @@ class OcppSession:
         self._validate_responses = validate_responses
         self._in_flight: set[str] = set()
         self._pending: Call | None = None
+        self._triggered: set[str] = set()  # asked for by TriggerMessage while not accepted
+
+    def _take_triggered(self, action: str) -> bool:
+        if action in self._triggered:
+            self._triggered.discard(action)
+            return True
+        return False
 
     @property
     def pending(self) -> Call | None:
@@ -198,7 +209,12 @@ class OcppSession:
             return self._reply(message_id, _FORMATION, "message id must be 1 to 36 characters")
         if action not in self._supported:
             return self._reply_unsupported(message_id, action)
-        if not self.accepted and self._reject_before_accepted and action != _BOOT:
+        if (
+            not self.accepted
+            and self._reject_before_accepted
+            and action != _BOOT
+            and not self._take_triggered(action)
+        ):
             return self._reply(
                 message_id,
                 ErrorCode.SECURITY_ERROR,
@@ -246,6 +262,15 @@ class OcppSession:
                 return IncomingError(
                     pending, exc.code, f"invalid response: {exc.description}", exc.details
                 )
+        if (
+            not self.accepted
+            and pending.action in _TRIGGERS
+            and payload.get("status") == "Accepted"
+        ):
+            # OCPP 1.6 §4.2.1: while Pending, the central system may ask for messages with
+            # TriggerMessage; the one it asked for must then get through (once).
+            requested = str(pending.payload.get("requestedMessage", ""))
+            self._triggered.add(_TRIGGERED_ACTION.get(requested, requested))
         return IncomingResult(pending, payload)
 
     def _on_error(self, message: list[Any]) -> Event:

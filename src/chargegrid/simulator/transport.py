@@ -228,9 +228,7 @@ class OcppSocket(asyncio.Protocol):
             if kind == 3:
                 future.set_result(message[2])
             else:
-                future.set_exception(
-                    CallErrorReceived(action, str(message[2]), str(message[3]))
-                )
+                future.set_exception(CallErrorReceived(action, str(message[2]), str(message[3])))
         elif kind == 2:
             self._answer(mid, message[2], message[3])
         else:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,6 +29,26 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Unit = Callable[[AsyncConnection], Awaitable[T]]
+
+
+class RowSink(Protocol):
+    """Writes one statement's rows itself, inside the batch's transaction (issue 4: the meter
+    value insert also merges rollups, so they are exactly as durable as the values), and hears
+    how the batch ended."""
+
+    async def write(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None: ...
+
+    def mark(self) -> Any:
+        """Called before each unit's savepoint."""
+        ...
+
+    def rolled_back(self, mark: Any) -> None:
+        """That unit's savepoint was rolled back."""
+        ...
+
+    def committed(self) -> None: ...
+
+    def failed(self) -> None: ...
 
 
 class StoreUnavailable(Exception):
@@ -80,6 +100,8 @@ class GroupCommitter:
         self.stats = BatchStats()
         # Observability: called with (items, seconds) after each committed batch (metrics).
         self.on_commit: Callable[[int, float], None] | None = None
+        # Statements whose rows a sink writes instead of a plain executemany (issue 4).
+        self.sinks: dict[Insert, RowSink] = {}
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -120,6 +142,17 @@ class GroupCommitter:
         batch.units.append((unit, future))
         self._added(batch, 1)
         return await asyncio.shield(future)
+
+    async def write_rows(
+        self, connection: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]
+    ) -> None:
+        """For units: insert ``rows`` on the batch's ``connection`` as a batch would (through
+        the statement's sink, if it has one)."""
+        sink = self.sinks.get(statement)
+        if sink is None:
+            await connection.execute(statement, rows)
+        else:
+            await sink.write(connection, rows)
 
     @property
     def queued(self) -> int:
@@ -172,15 +205,21 @@ class GroupCommitter:
         try:
             async with self._engine.begin() as connection:
                 for statement, rows in batch.rows.items():
-                    await connection.execute(statement, rows)
+                    await self.write_rows(connection, statement, rows)
+                sinks = list(self.sinks.values())
                 for unit, future in batch.units:
+                    marks = [sink.mark() for sink in sinks]
                     try:
                         async with connection.begin_nested():
                             results.append((future, True, await unit(connection)))
                     except Exception as error:  # one unit's failure is its caller's alone
                         log.exception("write unit failed")
                         results.append((future, False, error))
+                        for sink, mark in zip(sinks, marks, strict=True):
+                            sink.rolled_back(mark)
         except Exception as error:
+            for sink in self.sinks.values():
+                sink.failed()
             self.stats.failures += 1
             log.error("group commit of %d items failed: %s", batch.items, error)
             failure = StoreUnavailable(f"database write failed: {type(error).__name__}")
@@ -193,6 +232,8 @@ class GroupCommitter:
                     future.set_exception(failure)
                     future.exception()
             return
+        for sink in self.sinks.values():
+            sink.committed()
         self.stats.batches += 1
         self.stats.rows += sum(len(rows) for rows in batch.rows.values())
         self.stats.units += len(batch.units)

@@ -358,3 +358,94 @@ message_trace = Table(
     Column("frame", Text, nullable=False),
     Index("ix_message_trace_cp_ts", "charge_point_id", "timestamp"),
 )
+
+# --- Meter-value pipeline: rollups, alert rules, alerts (issue 4) -----------------------------
+
+# Hourly and daily rollups per charge point, connector, measurand, phase and location, kept
+# incrementally in the same transaction as the raw insert (metering/rollups.py). ``phase`` is ""
+# when the sampled value names none (NULLs never collide in a primary key). The primary key leads
+# with what a chart asks for: one charge point, one measurand, one resolution, a range of buckets.
+meter_rollups = Table(
+    "meter_rollups",
+    metadata,
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("measurand", String(40), primary_key=True),
+    Column("resolution", String(4), primary_key=True),  # "hour" | "day"
+    Column("bucket", UTCDateTime, primary_key=True),  # start of the hour or UTC day
+    Column("connector_id", Integer, primary_key=True),
+    Column("phase", String(8), primary_key=True),
+    Column("location", String(8), primary_key=True),
+    Column("unit", String(12), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("sum", Float, nullable=False),  # avg = sum / count
+    Column("min", Float),
+    Column("max", Float),
+    # first/last by (timestamp, value): a total order, so out-of-order arrivals merge exactly.
+    Column("first_at", UTCDateTime),
+    Column("first_value", Float),
+    Column("last_at", UTCDateTime),
+    Column("last_value", Float),
+    # Registers (*.Register) only: the reset-aware increase attributed to this bucket, i.e. for
+    # each reading in it the step from the series' previous reading (CONFORMANCE M8).
+    Column("energy", Float),
+    Index("ix_meter_rollups_resolution_bucket", "resolution", "bucket"),
+)
+
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("measurand", String(40), nullable=False),
+    Column("phase", String(8)),  # NULL: any phase
+    Column("comparison", String(8), nullable=False),  # "above" | "below" | "outside"
+    Column("threshold", Float),  # above / below
+    Column("low", Float),  # outside: the range [low, high] is normal
+    Column("high", Float),
+    Column("hysteresis", Float, nullable=False, server_default="0"),
+    Column("cooldown_seconds", Float, nullable=False, server_default="0"),
+    Column("severity", String(10), nullable=False, server_default="warning"),
+    Column("charge_points", JSON),  # NULL: every charge point; else a list of identities
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("source", String(8), nullable=False, server_default="api"),  # api | file | default
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigIntId, primary_key=True),
+    Column("rule_id", Integer, ForeignKey("alert_rules.id", ondelete="SET NULL")),
+    Column("rule_name", String(64), nullable=False),  # kept if the rule is deleted
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("connector_id", Integer, nullable=False),
+    Column("transaction_id", Integer),
+    Column("measurand", String(40), nullable=False),
+    Column("phase", String(8)),
+    Column("severity", String(10), nullable=False),
+    Column("value", Float, nullable=False),  # the value that raised it
+    Column("unit", String(12), nullable=False),
+    Column("value_at", UTCDateTime, nullable=False),  # the sampled value's timestamp
+    Column("message", Text, nullable=False),
+    Column("raised_at", UTCDateTime, nullable=False),
+    Column("resolved_at", UTCDateTime),
+    Column("resolved_value", Float),
+    Column("acknowledged_at", UTCDateTime),
+    Column("acknowledged_by", String(64)),
+    Index("ix_alerts_cp_raised", "charge_point_id", "raised_at"),
+    Index("ix_alerts_resolved", "resolved_at"),
+)
+
+# Retention (metering/retention.py) deletes raw values by age in small batches.
+Index("ix_meter_values_timestamp", meter_values.c.timestamp)

@@ -1,7 +1,170 @@
-"""history routes (issue 4, in progress)."""
+"""History and live statistics (issue 4).
+
+``GET /charge-points/{identity}/history`` answers a range query from raw values, hourly or daily
+rollups, picked by the span asked for (and by what retention still keeps), so a 30-day chart
+reads ~720 hourly rows per series instead of hundreds of thousands of raw ones. The live-stats
+routes show what this node holds in memory for the charge points connected to it.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 
-router = APIRouter()
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Response
+from sqlalchemy import select
+
+from chargegrid.api.deps import Node, Viewer, visible_charge_point_id
+from chargegrid.api.pagination import SessionId, TimeParam, check_range, iso, parse_time
+from chargegrid.api.routes.sessions import visible_session
+from chargegrid.store import rollups as rollup_store
+from chargegrid.store.queries import MEASURANDS, measurand_name
+from chargegrid.store.tables import meter_values
+
+router = APIRouter(prefix="/api/v1", tags=["history"])
+
+RAW_LIMIT = 50_000
+Resolution = Literal["auto", "raw", "hour", "day"]
+
+
+def pick_resolution(
+    settings: Any, now: datetime, since: datetime, until: datetime, asked: str
+) -> str:
+    """Raw for short spans, hourly up to a month, daily beyond; never a level already purged."""
+    if asked != "auto":
+        return asked
+    span = until - since
+    # A little slack: "the last 30 days" with 30-day retention should still be hourly, its
+    # oldest hour possibly already purged.
+    raw_kept = now - timedelta(days=settings.retention_raw_days, hours=1)
+    hourly_kept = now - timedelta(days=settings.retention_hourly_days + 1)
+    if span <= timedelta(hours=settings.history_raw_max_hours) and since >= raw_kept:
+        return "raw"
+    if span <= timedelta(days=settings.history_hourly_max_days) and since >= hourly_kept:
+        return rollup_store.HOUR
+    return rollup_store.DAY
+
+
+def _point(r: Any) -> dict[str, Any]:
+    return {
+        "timestamp": iso(r["bucket"]),
+        "count": r["count"],
+        "min": r["min"],
+        "max": r["max"],
+        "avg": r["sum"] / r["count"] if r["count"] else None,
+        "first": r["first_value"],
+        "last": r["last_value"],
+        "energy": r["energy"],
+    }
+
+
+@router.get("/charge-points/{identity}/history", response_model=None)
+async def charge_point_history(
+    identity: str,
+    node: Node,
+    principal: Viewer,
+    measurand: Annotated[
+        str, Query(description="A scope name (" + ", ".join(sorted(MEASURANDS)) + ") or measurand")
+    ] = "power",
+    since: TimeParam = None,
+    until: TimeParam = None,
+    connector_id: Annotated[int | None, Query(ge=0)] = None,
+    phase: Annotated[str | None, Query(description="`none` for values without a phase")] = None,
+    resolution: Annotated[Resolution, Query(description="auto picks by the span")] = "auto",
+) -> Response:
+    """A measurand's values over ``[since, until)`` (default: the last 24 hours), as series per
+    connector, phase and location. Rollup points carry count/min/max/avg/first/last and, for
+    registers, the energy of the bucket; raw points carry the value."""
+    now = node.clock.now()
+    until_at = parse_time("until", until) or now
+    since_at = parse_time("since", since) or until_at - timedelta(days=1)
+    check_range(since_at, until_at)
+    name = measurand_name(measurand)
+    cp_id = await visible_charge_point_id(node, principal, identity)
+    used = pick_resolution(node.settings, now, since_at, until_at, resolution)
+    series: dict[tuple[int, str, str], dict[str, Any]] = {}
+    truncated = False
+    async with node.engine.connect() as connection:
+        if used == "raw":
+            mv = meter_values.c
+            query = select(
+                mv.connector_id, mv.phase, mv.location, mv.timestamp, mv.value, mv.unit
+            ).where(
+                mv.charge_point_id == cp_id,
+                mv.measurand == name,
+                mv.timestamp >= since_at,
+                mv.timestamp < until_at,
+                mv.value.is_not(None),
+            )
+            if connector_id is not None:
+                query = query.where(mv.connector_id == connector_id)
+            if phase is not None:
+                query = query.where(
+                    mv.phase.is_(None) if phase.lower() == "none" else mv.phase == phase
+                )
+            rows = list(await connection.execute(query.order_by(mv.timestamp).limit(RAW_LIMIT + 1)))
+            truncated = len(rows) > RAW_LIMIT
+            for r in rows[:RAW_LIMIT]:
+                key = (r[0], r[1] or "", r[2])
+                entry = series.setdefault(
+                    key,
+                    {"connector_id": r[0], "phase": r[1], "location": r[2], "unit": r[5],
+                     "points": []},
+                )  # fmt: skip
+                entry["points"].append({"timestamp": iso(r[3]), "value": r[4]})
+        else:
+            rows = await rollup_store.read(
+                connection,
+                charge_point_id=cp_id,
+                measurand=name,
+                resolution=used,
+                since=_floor(since_at, used),
+                until=until_at,
+                connector_id=connector_id,
+                phase=None if phase is None else ("" if phase.lower() == "none" else phase),
+            )
+            for r in rows:
+                key = (r["connector_id"], r["phase"], r["location"])
+                entry = series.setdefault(
+                    key,
+                    {"connector_id": r["connector_id"], "phase": r["phase"] or None,
+                     "location": r["location"], "unit": r["unit"], "points": []},
+                )  # fmt: skip
+                entry["points"].append(_point(r))
+    body = {
+        "charge_point": identity,
+        "measurand": name,
+        "resolution": used,
+        "since": iso(since_at),
+        "until": iso(until_at),
+        "truncated": truncated,
+        "series": list(series.values()),
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _floor(at: datetime, resolution: str) -> datetime:
+    """The bucket containing ``at``: a chart from 10:30 includes the 10:00 hour."""
+    hour = at.replace(minute=0, second=0, microsecond=0)
+    return hour if resolution == rollup_store.HOUR else hour.replace(hour=0)
+
+
+@router.get("/charge-points/{identity}/live-stats", response_model=None)
+async def charge_point_live_stats(identity: str, node: Node, principal: Viewer) -> Response:
+    """Live statistics per connector (latest value per measurand and phase, min/max/avg/count
+    since seen and over the rolling window, current power, the session), from this node."""
+    cp_id = await visible_charge_point_id(node, principal, identity)
+    body = {"charge_point": identity, **node.live_stats.for_charge_point(cp_id)}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/sessions/{session_id}/live-stats", response_model=None)
+async def session_live_stats(session_id: SessionId, node: Node, principal: Viewer) -> Response:
+    """A session's live statistics: energy so far (reset-aware), power, duration, per-measurand
+    statistics. 404 if this node has seen no value of it."""
+    await visible_session(node, principal, session_id)
+    stats = node.live_stats.for_session(session_id)
+    if stats is None:
+        raise HTTPException(404, f"no live statistics for session {session_id} on this node")
+    return Response(orjson.dumps(stats), media_type="application/json")

@@ -7,6 +7,7 @@
  *     onStatusChange: (s) => ..., onSessionStarted: (session) => ..., onSessionStopped: (session) => ...,
  *     onMeterValue: (v) => ..., onEnergy, onPower, onVoltage, onCurrent, onSoC, onTemperature,
  *     onConnection: (c) => ..., onAlert: (a) => ..., onOperation: (op) => ...,
+ *     onSubscribed: () => ...,   // the server confirmed the subscription (again after reconnects)
  *   });
  *   const fleet = live.subscribeToFleet({ onStatusChange, onSessionStarted, onStats, ... });
  *   sub.unsubscribe(); live.close();
@@ -96,6 +97,10 @@
       try { message = JSON.parse(event.data); } catch (e) { return; }
       if (message.type === "event") {
         self._subscriptions.forEach(function (sub) { if (sub._matches(message)) dispatch(sub.callbacks, message); });
+      } else if (message.type === "subscribed") {
+        self._subscriptions.forEach(function (sub) {
+          if (sub._confirms(message)) call(sub.callbacks.onSubscribed, message, message);
+        });
       } else if (message.type === "error" && global.console) {
         global.console.warn("chargegrid-live:", message.error);
       }
@@ -132,6 +137,11 @@
     if (this.topics && this.topics.indexOf(envelope.topic) < 0) return false;
     if (this.chargePoint === null) return envelope.fleet === true;
     return envelope.fleet !== true && envelope.charge_point === this.chargePoint;
+  };
+
+  Subscription.prototype._confirms = function (message) {
+    if (this.chargePoint === null) return message.fleet === true;
+    return message.charge_point === this.chargePoint;
   };
 
   Subscription.prototype.unsubscribe = function () {

@@ -1,0 +1,388 @@
+"""Hourly and daily rollups, maintained in the same transaction as the raw insert.
+
+Why in the same transaction: a rollup is then exactly as durable as the values it counts. A
+SIGKILL either loses both (the batch was not committed, nothing was acknowledged, the charge point
+retries) or keeps both. Replays are skipped by the raw insert's ``ON CONFLICT DO NOTHING``, and
+only the rows its ``RETURNING`` hands back are counted, so a replay never counts twice.
+
+Per bucket (hour or UTC day) and series (charge point, connector, measurand, phase, location):
+count, sum (avg = sum/count), min, max, first and last by the total order (timestamp, value), and
+for registers (``*.Register``) the energy credited to the bucket. Every reading of a register is
+credited the reset-aware step from the series' previous reading (CONFORMANCE M8: a reading below
+the previous one means a reset, and the step is the reading itself), so the credits of all buckets
+add up to :func:`chargegrid.metering.energy.register_energy` of the whole series.
+
+A reading arriving in order (the normal case) only needs the series' latest reading, kept in
+memory. One arriving out of order (an offline queue replayed late) changes its successor's step
+too; then the readings around it are read back inside the transaction and the difference of the
+credits before and after is merged, so out-of-order arrivals give exactly the result of a
+recompute from raw (``recompute``; checked property-based in tests/metering/test_rollups.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chargegrid.store import meter_values as meter_store
+from chargegrid.store import rollups as rollup_store
+from chargegrid.store.database import writing
+from chargegrid.store.rollups import DAY, HOUR, Reading, SeriesKey
+from chargegrid.store.tables import meter_rollups
+
+log = logging.getLogger(__name__)
+
+# (charge point id, measurand, resolution, bucket, connector id, phase or "", location): the
+# primary key of meter_rollups, in its order.
+RollupKey = tuple[int, str, str, datetime, int, str, str]
+_MISSING: Any = object()
+
+
+def is_register(measurand: str) -> bool:
+    """Energy.Active.Import.Register and its siblings: cumulative counters (OCPP 1.6 §7.31)."""
+    return measurand.endswith(".Register")
+
+
+def step(previous: float, reading: float) -> float:
+    """The energy between two consecutive register readings; a drop is a reset (M8)."""
+    return reading - previous if reading >= previous else max(reading, 0.0)
+
+
+def hour_and_day(at: datetime) -> tuple[datetime, datetime]:
+    hour = at.replace(minute=0, second=0, microsecond=0)
+    return hour, hour.replace(hour=0)
+
+
+class Aggregate:
+    """A partial or complete rollup of one bucket of one series."""
+
+    __slots__ = (
+        "count",
+        "energy",
+        "first_at",
+        "first_value",
+        "last_at",
+        "last_value",
+        "max",
+        "min",
+        "sum",
+        "unit",
+    )
+
+    def __init__(self, unit: str, register: bool) -> None:
+        self.unit = unit
+        self.count = 0
+        self.sum = 0.0
+        self.min: float | None = None
+        self.max: float | None = None
+        self.first_at: datetime | None = None
+        self.first_value: float | None = None
+        self.last_at: datetime | None = None
+        self.last_value: float | None = None
+        self.energy: float | None = 0.0 if register else None
+
+    def add(self, at: datetime, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        if self.min is None or value < self.min:
+            self.min = value
+        if self.max is None or value > self.max:
+            self.max = value
+        if self.first_at is None or (at, value) < (self.first_at, self.first_value or 0.0):
+            self.first_at, self.first_value = at, value
+        if self.last_at is None or (at, value) > (self.last_at, self.last_value or 0.0):
+            self.last_at, self.last_value = at, value
+
+    def row(self, key: RollupKey) -> dict[str, Any]:
+        charge_point_id, measurand, resolution, bucket, connector_id, phase, location = key
+        return {
+            "charge_point_id": charge_point_id,
+            "measurand": measurand,
+            "resolution": resolution,
+            "bucket": bucket,
+            "connector_id": connector_id,
+            "phase": phase,
+            "location": location,
+            "unit": self.unit,
+            "count": self.count,
+            "sum": self.sum,
+            "min": self.min,
+            "max": self.max,
+            "first_at": self.first_at,
+            "first_value": self.first_value,
+            "last_at": self.last_at,
+            "last_value": self.last_value,
+            "energy": self.energy,
+        }
+
+
+class Rollups:
+    """Partial aggregates of one batch (or of a whole recompute), by rollup key."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[RollupKey, Aggregate] = {}
+        # Register readings by series, and each series' unit.
+        self.registers: dict[SeriesKey, list[Reading]] = {}
+        self.units: dict[SeriesKey, str] = {}
+
+    def add(self, row: Sequence[Any]) -> None:
+        """Add a row shaped like :data:`chargegrid.store.rollups.RETURNED`."""
+        charge_point_id, connector_id, _tx, at, measurand, phase, location, unit, value = row
+        if value is None:  # SignedData or unparsable: stored, but nothing to aggregate
+            return
+        value = float(value)
+        phase = phase or ""
+        register = is_register(measurand)
+        hour, day = hour_and_day(at)
+        by_key = self.by_key
+        for key in (
+            (charge_point_id, measurand, HOUR, hour, connector_id, phase, location),
+            (charge_point_id, measurand, DAY, day, connector_id, phase, location),
+        ):
+            aggregate = by_key.get(key)
+            if aggregate is None:
+                aggregate = by_key[key] = Aggregate(unit, register)
+            aggregate.add(at, value)
+        if register:
+            series = (charge_point_id, connector_id, measurand, phase, location)
+            readings = self.registers.get(series)
+            if readings is None:
+                self.registers[series] = [(at, value)]
+                self.units[series] = unit
+            else:
+                readings.append((at, value))
+
+    def credit(self, series: SeriesKey, at: datetime, energy: float) -> None:
+        """Credit ``energy`` to the hour and day of ``at``."""
+        if energy == 0.0:
+            return
+        charge_point_id, connector_id, measurand, phase, location = series
+        hour, day = hour_and_day(at)
+        for key in (
+            (charge_point_id, measurand, HOUR, hour, connector_id, phase, location),
+            (charge_point_id, measurand, DAY, day, connector_id, phase, location),
+        ):
+            aggregate = self.by_key.get(key)
+            if aggregate is None:
+                # A correction to a bucket this batch has no values for (a successor's step).
+                aggregate = self.by_key[key] = Aggregate(self.units[series], True)
+            aggregate.energy = (aggregate.energy or 0.0) + energy
+
+    def credit_chain(self, series: SeriesKey, chain: Iterable[Reading], sign: float = 1.0) -> None:
+        """Credit every reading of ``chain`` but the first its step from the one before."""
+        previous: Reading | None = None
+        for reading in chain:
+            if previous is not None:
+                self.credit(series, reading[0], sign * step(previous[1], reading[1]))
+            previous = reading
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [aggregate.row(key) for key, aggregate in self.by_key.items()]
+
+
+def recompute(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Aggregate]:
+    """The brute-force answer: rollups of ``rows`` (shaped as ``RETURNED``) from scratch."""
+    rollups = Rollups()
+    for row in rows:
+        rollups.add(row)
+    for series, readings in rollups.registers.items():
+        rollups.credit_chain(series, sorted(readings))
+    return rollups.by_key
+
+
+@dataclass(slots=True)
+class RollupStats:
+    rows: int = 0  # raw rows inserted (duplicates excluded)
+    duplicates: int = 0  # rows skipped by ON CONFLICT DO NOTHING
+    rollup_rows: int = 0  # partial aggregates merged
+    lookups: int = 0  # out-of-order or cold series read back from the database
+
+
+class RollupMaintainer:
+    """The group-commit writer's sink for meter values: insert, then merge rollups.
+
+    Implements :class:`chargegrid.store.group_commit.RowSink`. ``observers`` are called with the
+    rows of each committed batch (after the commit, so only with what is durable): live
+    statistics and alerts hang there.
+    """
+
+    def __init__(self, dialect: str, *, cache_limit: int = 200_000) -> None:
+        self.insert: Insert = meter_store.insert_statement(dialect).returning(
+            *rollup_store.RETURNED
+        )
+        self.upsert = rollup_store.upsert_statement(dialect)
+        # The latest register reading of each series as of the open transaction (None: the
+        # series has none), by charge point. Only a cache: what is missing is read back.
+        self._latest: dict[int, dict[SeriesKey, Reading | None]] = {}
+        self._cached = 0
+        self._cache_limit = cache_limit
+        self._connections: dict[int, object] = {}
+        self._pending: list[Sequence[Any]] = []
+        self.observers: list[Callable[[list[Sequence[Any]]], None]] = []
+        self.stats = RollupStats()
+
+    # -- RowSink --------------------------------------------------------------------------
+
+    async def write(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        inserted = (await connection.execute(self.insert, rows)).all()
+        self.stats.rows += len(inserted)
+        self.stats.duplicates += len(rows) - len(inserted)
+        if not inserted:
+            return
+        await self.merge(connection, inserted)
+        if self.observers:
+            self._pending.extend(inserted)
+
+    def connection_seen(self, charge_point_id: int, connection: object) -> None:
+        """Called per MeterValues with the charge point's connection (its handler context).
+
+        With several nodes a charge point that reconnects elsewhere has its values written by
+        another node; when it comes back here, this node's cache of its registers may be stale.
+        A new connection object means exactly that chance, so its cache is dropped.
+        """
+        if self._connections.get(charge_point_id) is not connection:
+            self._connections[charge_point_id] = connection
+            self._cached -= len(self._latest.pop(charge_point_id, ()))
+
+    def mark(self) -> int:
+        return len(self._pending)
+
+    def rolled_back(self, mark: int) -> None:
+        """A unit's savepoint was rolled back: forget what it wrote."""
+        del self._pending[mark:]
+        self._clear()  # safe: the cache refills from the database
+
+    def committed(self) -> None:
+        pending, self._pending = self._pending, []
+        for observer in self.observers:
+            try:
+                observer(pending)
+            except Exception:  # an observer's bug must never fail ingest
+                log.exception("meter value observer failed")
+
+    def failed(self) -> None:
+        self._pending = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self._latest.clear()
+        self._cached = 0
+
+    # -- rollups --------------------------------------------------------------------------
+
+    async def merge(self, connection: AsyncConnection, inserted: Sequence[Sequence[Any]]) -> None:
+        """Merge the rollups of freshly ``inserted`` rows (in the open transaction)."""
+        rollups = Rollups()
+        for row in inserted:
+            rollups.add(row)
+        for series, readings in rollups.registers.items():
+            await self._credit_energy(connection, rollups, series, readings)
+        rows = rollups.rows()
+        if rows:
+            await connection.execute(self.upsert, rows)
+            self.stats.rollup_rows += len(rows)
+
+    async def _credit_energy(
+        self,
+        connection: AsyncConnection,
+        rollups: Rollups,
+        series: SeriesKey,
+        readings: list[Reading],
+    ) -> None:
+        readings.sort()
+        cache = self._latest.get(series[0])
+        if cache is None:
+            cache = self._latest[series[0]] = {}
+        latest = cache.get(series, _MISSING)
+        if latest is not _MISSING and (latest is None or readings[0] > latest):
+            # In order: each reading's step is from the one before it.
+            rollups.credit_chain(series, [latest, *readings] if latest else readings)
+            cache[series] = readings[-1]
+            return
+        # Out of order, or a series not seen since start: the readings are already inserted
+        # (same transaction), so read the neighbourhood back and merge the change in credits.
+        self.stats.lookups += 1
+        chain, has_successor = await rollup_store.register_window(
+            connection, series, readings[0][0], readings[-1][0]
+        )
+        before = list(chain)
+        for reading in readings:
+            before.remove(reading)
+        rollups.credit_chain(series, chain)
+        rollups.credit_chain(series, before, -1.0)
+        if not has_successor:
+            if self._cached >= self._cache_limit:
+                self._clear()
+                cache = self._latest[series[0]] = {}
+            if series not in cache:
+                self._cached += 1
+            cache[series] = chain[-1]
+
+
+async def rebuild(
+    engine: AsyncEngine,
+    since: datetime,
+    until: datetime,
+    *,
+    progress: Callable[[datetime, int], None] | None = None,
+) -> int:
+    """Recompute rollups from raw values for whole UTC days covering ``[since, until)``.
+
+    One transaction per day, so a long rebuild never holds the write lock for long. Returns the
+    raw rows read. The step into the first reading after ``until`` is left as it was.
+    """
+    day = hour_and_day(since)[1]
+    total = 0
+    while day < until:
+        end = day + timedelta(days=1)
+        async with writing(engine).begin() as connection:
+            await rollup_store.lock_for_rebuild(connection)
+            await rollup_store.delete_range(connection, day, end)
+            count = await _rebuild_range(connection, day, end)
+        total += count
+        if progress is not None:
+            progress(day, count)
+        day = end
+    return total
+
+
+async def _rebuild_range(connection: AsyncConnection, since: datetime, until: datetime) -> int:
+    count = 0
+    rollups = Rollups()
+    current: SeriesKey | None = None
+    previous: Reading | None = None
+
+    async def flush() -> None:
+        nonlocal rollups
+        rows = rollups.rows()
+        if rows:
+            await connection.execute(meter_rollups.insert(), rows)
+        rollups = Rollups()
+
+    async for row in rollup_store.raw_rows(connection, since, until):
+        count += 1
+        charge_point_id, connector_id, _tx, at, measurand, phase, location, _unit, value = row
+        series = (charge_point_id, connector_id, measurand, phase or "", location)
+        if series != current:
+            if len(rollups.by_key) > 5000:
+                await flush()
+            current = series
+            previous = (
+                await rollup_store.previous_reading(connection, series, since)
+                if is_register(measurand)
+                else None
+            )
+        rollups.add(row)
+        if is_register(measurand):
+            reading = (at, float(value))
+            if previous is not None:
+                rollups.credit(series, at, step(previous[1], reading[1]))
+            previous = reading
+    await flush()
+    return count

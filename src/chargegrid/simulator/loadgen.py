@@ -1,0 +1,463 @@
+"""Load generator scenarios for ``chargegrid bench``: the same OCPP-J frames to every server.
+
+Every scenario talks to ``ws://HOST:PORT/ocpp/{identity}`` with subprotocol ``ocpp1.6`` and boots
+each charge point first (a CSMS may refuse other CALLs before an accepted BootNotification), so
+chargegrid and the peers see exactly the same traffic. Each result carries the load generator's
+own CPU use, so a reader can check it was not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import resource
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+
+from chargegrid.simulator.transport import (
+    CallErrorReceived,
+    ConnectionLost,
+    HandshakeRejected,
+    OcppSocket,
+    connect,
+)
+
+__all__ = [
+    "command_latency",
+    "connect_fleet",
+    "fanout_latency",
+    "idle_connections",
+    "percentiles",
+    "process_cpu_seconds",
+    "process_rss_bytes",
+    "storm",
+    "throughput",
+]
+
+T = TypeVar("T")
+
+BOOT = {"chargePointVendor": "chargegrid-bench", "chargePointModel": "loadgen"}
+
+
+def _sv(value: str, measurand: str, unit: str, phase: str | None = None) -> dict[str, Any]:
+    sample = {"value": value, "context": "Sample.Periodic", "measurand": measurand, "unit": unit}
+    if phase:
+        sample["phase"] = phase
+    return sample
+
+
+SAMPLES_3 = [
+    _sv("1234567", "Energy.Active.Import.Register", "Wh"),
+    _sv("11040.0", "Power.Active.Import", "W"),
+    _sv("16.0", "Current.Import", "A", "L1"),
+]
+SAMPLES_10 = [
+    *SAMPLES_3,
+    _sv("16.0", "Current.Import", "A", "L2"),
+    _sv("16.0", "Current.Import", "A", "L3"),
+    _sv("230.1", "Voltage", "V", "L1-N"),
+    _sv("229.8", "Voltage", "V", "L2-N"),
+    _sv("231.0", "Voltage", "V", "L3-N"),
+    {**_sv("57", "SoC", "Percent"), "location": "EV"},
+    {**_sv("31.5", "Temperature", "Celsius"), "location": "Body"},
+]
+
+
+def samples(count: int) -> list[dict[str, Any]]:
+    """The sampled values of one benchmark MeterValues (3 or 10)."""
+    return SAMPLES_3 if count <= 3 else SAMPLES_10[:count]
+
+
+# measuring ----------------------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of ``pid`` (or this process)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    """p50/p95/p99/max in milliseconds."""
+    if not samples_s:
+        return {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+    ordered = sorted(samples_s)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": at(1.0)}
+
+
+class CpuWindow:
+    """CPU used by this process and by the server over a wall-clock window."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.wall = time.perf_counter()
+        self.own = process_cpu_seconds()
+        self.server = process_cpu_seconds(server_pid) if server_pid else 0.0
+
+    def result(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.wall
+        own = process_cpu_seconds() - self.own
+        result = {"wall_s": round(wall, 3), "loadgen_cpu": round(own / wall, 3)}
+        if self.server_pid:
+            server = process_cpu_seconds(self.server_pid) - self.server
+            result["server_cpu"] = round(server / wall, 3)
+        return result
+
+
+# connecting ----------------------------------------------------------------------
+
+
+async def _boot(sock: OcppSocket) -> None:
+    result = await sock.call("BootNotification", BOOT, timeout=60)
+    if result.get("status") != "Accepted":
+        raise HandshakeRejected(0, f"BootNotification {result.get('status')}")
+
+
+async def connect_fleet(
+    url: str,
+    identities: Sequence[str],
+    *,
+    concurrency: int = 200,
+    local_addresses: Sequence[str] = (),
+    retries: int = 3,
+) -> tuple[list[OcppSocket], dict[str, int]]:
+    """Connect and boot every identity, ``concurrency`` handshakes at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    failures: dict[str, int] = {}
+    sockets: list[OcppSocket] = []
+
+    async def one(index: int, identity: str) -> None:
+        local = local_addresses[index % len(local_addresses)] if local_addresses else None
+        for attempt in range(retries):
+            async with gate:
+                try:
+                    sock = await connect(url, identity, local_addr=local, timeout=60)
+                    await _boot(sock)
+                except (OSError, TimeoutError, HandshakeRejected, ConnectionLost) as error:
+                    kind = type(error).__name__
+                    failures[kind] = failures.get(kind, 0) + 1
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+            sockets.append(sock)
+            return
+
+    await asyncio.gather(*(one(i, identity) for i, identity in enumerate(identities)))
+    return sockets, failures
+
+
+async def close_all(sockets: Sequence[OcppSocket]) -> None:
+    for sock in sockets:
+        sock.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(sock.closed for sock in sockets), return_exceptions=True)
+    for sock in sockets:
+        sock.abort()
+
+
+# scenarios ----------------------------------------------------------------------
+
+
+class _Timestamps:
+    """Unique, increasing timestamps (ms) per charge point without formatting a datetime each
+    time: a series' samples must never share a timestamp, or a CSMS that stores each sample once
+    would be spared the write."""
+
+    def __init__(self) -> None:
+        self.base_ms = int(time.time() * 1000)
+        self._cached_second = -1
+        self._prefix = ""
+
+    def at(self, offset_ms: int) -> str:
+        ms = self.base_ms + offset_ms
+        second = ms // 1000
+        if second != self._cached_second:
+            self._cached_second = second
+            self._prefix = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}"
+        return f"{self._prefix}.{ms % 1000:03d}Z"
+
+
+async def throughput(
+    url: str,
+    identities: Sequence[str],
+    *,
+    sampled: int = 3,
+    warmup: float = 2.0,
+    duration: float = 10.0,
+    server_pid: int | None = None,
+    local_addresses: Sequence[str] = (),
+    rate: float | None = None,
+) -> dict[str, Any]:
+    """Closed loop: every charge point keeps exactly one MeterValues outstanding.
+
+    With ``rate``, the fleet is paced to that many MeterValues per second in total (each charge
+    point sends on its own schedule, still never more than one outstanding): the latency a server
+    gives at a given load rather than at saturation. Round trips/s and latency are taken over
+    ``duration`` seconds after ``warmup``.
+    """
+    sockets, failures = await connect_fleet(url, identities, local_addresses=local_addresses)
+    values = samples(sampled)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    state = {"measuring": False, "running": True, "count": 0}
+    clock = time.perf_counter
+
+    interval = len(sockets) / rate if rate else 0.0
+
+    async def loop(index: int, sock: OcppSocket) -> None:
+        stamps = _Timestamps()
+        n = 0
+        meter_value = {"timestamp": "", "sampledValue": values}
+        payload = {"connectorId": 1, "meterValue": [meter_value]}
+        next_at = time.perf_counter() + interval * index / max(len(sockets), 1)
+        while state["running"]:
+            if interval:
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                next_at += interval
+            n += 1
+            meter_value["timestamp"] = stamps.at(n)
+            started = clock()
+            try:
+                await sock.call_future("MeterValues", payload)
+            except CallErrorReceived as error:
+                errors[error.code] = errors.get(error.code, 0) + 1
+            except ConnectionLost:
+                errors["ConnectionLost"] = errors.get("ConnectionLost", 0) + 1
+                return
+            if state["measuring"]:
+                latencies.append(clock() - started)
+                state["count"] += 1
+
+    tasks = [asyncio.create_task(loop(i, sock)) for i, sock in enumerate(sockets)]
+    await asyncio.sleep(warmup)
+    state["measuring"] = True
+    window = CpuWindow(server_pid)
+    await asyncio.sleep(duration)
+    state["measuring"] = False
+    cpu = window.result()
+    state["running"] = False
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(30):
+            await asyncio.gather(*tasks, return_exceptions=True)
+    await close_all(sockets)
+    return {
+        "charge_points": len(identities),
+        "connected": len(sockets),
+        "sampled_values": sampled,
+        "paced_rate": rate,
+        "round_trips": state["count"],
+        "round_trips_per_s": round(state["count"] / cpu["wall_s"], 1),
+        **percentiles(latencies),
+        **cpu,
+        "errors": errors,
+        "connect_failures": failures,
+    }
+
+
+async def idle_connections(
+    url: str,
+    identities: Sequence[str],
+    *,
+    server_pid: int,
+    settle: float = 3.0,
+    local_addresses: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Connect and boot everyone, then hold the sockets: how many stay up, RSS per connection."""
+    await asyncio.sleep(settle)
+    before = process_rss_bytes(server_pid)
+    started = time.perf_counter()
+    sockets, failures = await connect_fleet(
+        url, identities, concurrency=500, local_addresses=local_addresses
+    )
+    connect_s = time.perf_counter() - started
+    await asyncio.sleep(settle)
+    held = sum(1 for sock in sockets if sock.is_open)
+    after = process_rss_bytes(server_pid)
+    await close_all(sockets)
+    return {
+        "requested": len(identities),
+        "held": held,
+        "connect_s": round(connect_s, 2),
+        "rss_before_mib": round(before / 2**20, 1),
+        "rss_after_mib": round(after / 2**20, 1),
+        "kib_per_connection": round((after - before) / max(held, 1) / 1024, 2),
+        "connect_failures": failures,
+    }
+
+
+async def storm(
+    url: str,
+    identities: Sequence[str],
+    *,
+    timeout: float = 120.0,
+    local_addresses: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Everyone connects at the same moment: time until the last BootNotification is Accepted."""
+    accepted: list[float] = []
+    failures: dict[str, int] = {}
+    sockets: list[OcppSocket] = []
+    started = time.perf_counter()
+    deadline = started + timeout
+
+    async def one(index: int, identity: str) -> None:
+        local = local_addresses[index % len(local_addresses)] if local_addresses else None
+        while time.perf_counter() < deadline:
+            try:
+                sock = await connect(url, identity, local_addr=local, timeout=timeout)
+                await _boot(sock)
+            except (OSError, TimeoutError, HandshakeRejected, ConnectionLost) as error:
+                kind = type(error).__name__
+                failures[kind] = failures.get(kind, 0) + 1
+                await asyncio.sleep(0.5)
+                continue
+            accepted.append(time.perf_counter() - started)
+            sockets.append(sock)
+            return
+
+    await asyncio.gather(*(one(i, identity) for i, identity in enumerate(identities)))
+    await close_all(sockets)
+    accepted.sort()
+    return {
+        "charge_points": len(identities),
+        "accepted": len(accepted),
+        "all_accepted_s": round(accepted[-1], 3) if len(accepted) == len(identities) else None,
+        "p50_accepted_s": round(accepted[len(accepted) // 2], 3) if accepted else None,
+        "retries": failures,
+    }
+
+
+async def _in_thread(work: Callable[[], T]) -> T:
+    return await asyncio.to_thread(work)
+
+
+class _Http:
+    """A keep-alive HTTP/1.1 client for the REST calls (stdlib, used from one thread)."""
+
+    def __init__(self, http_url: str, token: str) -> None:
+        host_port = http_url.split("://", 1)[1].rstrip("/")
+        host, _, port = host_port.partition(":")
+        self.connection = http.client.HTTPConnection(host, int(port or 80), timeout=60)
+        self.token = token
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        self.connection.request(
+            "POST",
+            path,
+            body=orjson.dumps(body),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        response = self.connection.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else {}
+
+
+async def command_latency(
+    ws_url: str, http_url: str, identity: str, token: str, *, count: int = 100
+) -> dict[str, Any]:
+    """REST → charge point → answer: ``POST …/commands/reset?wait=true``, the CP says Accepted."""
+    received = 0
+
+    def handler(action: str, _payload: dict[str, Any]) -> dict[str, Any]:
+        nonlocal received
+        received += 1
+        return {"status": "Accepted"}
+
+    sock = await connect(ws_url, identity, handler=handler)
+    await _boot(sock)
+    client = _Http(http_url, token)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    window = CpuWindow(None)
+    path = f"/api/v1/charge-points/{identity}/commands/reset?wait=true"
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            status, body = await _in_thread(lambda: client.post(path, {"type": "Soft"}))
+            latencies.append(time.perf_counter() - started)
+            key = f"{status} {body.get('status', '')}".strip()
+            statuses[key] = statuses.get(key, 0) + 1
+    finally:
+        client.connection.close()
+        await close_all([sock])
+    return {
+        "commands": count,
+        "answered_by_cp": received,
+        "statuses": statuses,
+        **percentiles(latencies),
+        **window.result(),
+    }
+
+
+async def fanout_latency(
+    ws_url: str, http_url: str, identity: str, token: str, *, count: int = 100
+) -> dict[str, Any]:
+    """A CP's StatusNotification → the event on a ``/api/v1/live`` subscriber."""
+    import websockets
+
+    live_url = http_url.replace("http://", "ws://").rstrip("/") + f"/api/v1/live?token={token}"
+    sock = await connect(ws_url, identity)
+    await _boot(sock)
+    latencies: list[float] = []
+    missed = 0
+    async with websockets.connect(live_url, compression=None) as live:
+        await live.send(
+            json.dumps({"type": "subscribe", "charge_point": identity, "topics": ["status"]})
+        )
+        while json.loads(await live.recv()).get("type") != "subscribed":
+            pass
+        stamps = _Timestamps()
+        for n in range(count):
+            status = "Available" if n % 2 else "Unavailable"
+            timestamp = stamps.at(n * 1000)
+            payload = {
+                "connectorId": 1,
+                "errorCode": "NoError",
+                "status": status,
+                "timestamp": timestamp,
+            }
+            started = time.perf_counter()
+            answer = sock.call_future("StatusNotification", payload)
+            try:
+                async with asyncio.timeout(10):
+                    while True:
+                        message = json.loads(await live.recv())
+                        data = message.get("data") or {}
+                        if message.get("type") == "event" and data.get("status") == status:
+                            latencies.append(time.perf_counter() - started)
+                            break
+            except TimeoutError:
+                missed += 1
+            await answer
+    await close_all([sock])
+    return {"events": count, "missed": missed, **percentiles(latencies)}
+
+
+async def timed(work: Awaitable[T]) -> tuple[T, float]:
+    started = time.perf_counter()
+    result = await work
+    return result, time.perf_counter() - started
