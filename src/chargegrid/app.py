@@ -60,7 +60,7 @@ from chargegrid.hooks import Hooks
 from chargegrid.live import sse as live_sse
 from chargegrid.live import websocket as live_websocket
 from chargegrid.live.hub import LiveHub
-from chargegrid.live.stats import StatsPublisher
+from chargegrid.live.stats import LiveStatsPublisher, StatsPublisher
 from chargegrid.metering.alerts import AlertEngine
 from chargegrid.metering.live_stats import LiveStats
 from chargegrid.metering.retention import Retention
@@ -113,6 +113,9 @@ class ChargeGrid:
             self.clock,
             window_seconds=settings.live_stats_window_seconds,
             stopped_sessions=settings.live_stats_stopped_sessions,
+        )
+        self.live_stats_publisher = LiveStatsPublisher(
+            self.engine, self.bus, self.live_stats, settings.live_stats_publish_interval
         )
         self.alerts = AlertEngine(
             self.engine,
@@ -296,6 +299,7 @@ class ChargeGrid:
             await self.cluster.start()
         await self.live.start()
         await self.stats_publisher.start()
+        await self.live_stats_publisher.start()
         await self.writer.start()
         await self.live_stats.start()
         await self.alerts.start()
@@ -318,6 +322,7 @@ class ChargeGrid:
         await self.writer.stop()
         await self.live_stats.stop()
         await self.stats_publisher.stop()
+        await self.live_stats_publisher.stop()
         await self.live.stop()
         if self.cluster is not None:
             await self.cluster.stop()

@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     live_replay_buffer: int = Field(default=500, ge=0)  # events kept per channel for resuming
     live_replay_grace_seconds: float = Field(default=60.0, ge=0)
     live_stats_interval: float = Field(default=2.0, gt=0)  # fleet stats checked this often
+    live_stats_publish_interval: float = Field(default=1.0, gt=0)  # per-CP live statistics
 
     # Observability: log format, and the OCPP message trace (a charge point's trace_level
     # overrides trace_default; rows older than trace_retention_hours are purged).

@@ -31,6 +31,7 @@ TOPICS = (
     channels.ALERTS,
     channels.OPERATIONS,
     channels.STATS,
+    channels.LIVE_STATS,
 )
 
 
@@ -48,7 +49,11 @@ def _channels(charge_point: str | None, topics: Iterable[str] | None) -> list[st
         raise ValueError(f"unknown topics {unknown}; choose from {list(TOPICS)}")
     if charge_point is None:
         # Every charge point: the fleet channels carry each event with its charge point.
-        return [channels.fleet(t) for t in chosen if t != channels.METER_VALUES]
+        return [
+            channels.fleet(t)
+            for t in chosen
+            if t not in (channels.METER_VALUES, channels.LIVE_STATS)
+        ]
     return [channels.charge_point(charge_point, t) for t in chosen if t != channels.STATS]
 
 

@@ -389,3 +389,73 @@ async def test_plugins_from_settings(settings: Settings) -> None:
             assert beat.current_time == "2030-01-01T00:00:00.000Z"
     with pytest.raises(Exception, match="cannot import"):
         build_app(settings.model_copy(update={"plugins": ["no_such_module:setup"]}))
+
+
+async def test_hooks_on_csms_initiated_actions(settings: Settings) -> None:
+    """Before hooks may refuse an outgoing call (recorded as error, nothing sent) or answer in
+    the charge point's place; after hooks see the charge point's answer."""
+    from ocpp.routing import on
+    from ocpp.v16 import call_result
+    from ocpp.v16.enums import Action
+
+    grid_app = build_app(settings)
+    grid = grid_app.node
+    received: list[str] = []
+    answered: list[tuple[str, dict[str, Any]]] = []
+
+    class Charger(OcppChargePoint):  # type: ignore[misc]
+        @on(Action.reset)
+        async def on_reset(self, type: str) -> call_result.Reset:
+            received.append("Reset")
+            return call_result.Reset(status="Accepted")
+
+        @on(Action.clear_cache)
+        async def on_clear_cache(self) -> call_result.ClearCache:
+            received.append("ClearCache")
+            return call_result.ClearCache(status="Accepted")
+
+    @grid.hooks.before("Reset")
+    async def no_hard_resets(ctx: HookContext, request: dict[str, Any]) -> dict[str, Any] | None:
+        if request["type"] == "Hard":
+            raise OcppError(ErrorCode.SECURITY_ERROR, "hard resets need a ticket")
+        return None
+
+    @grid.hooks.before("GetLocalListVersion")
+    async def cached(ctx: HookContext, request: dict[str, Any]) -> dict[str, Any] | None:
+        return {"listVersion": 7}
+
+    @grid.hooks.after("*")
+    async def audit(ctx: HookContext, request: dict[str, Any], response: dict[str, Any]) -> None:
+        if ctx.action in ("Reset", "ClearCache", "GetLocalListVersion"):
+            answered.append((ctx.action, response))
+
+    async with serve(grid_app) as host:
+        await _provision(grid, "CP1")
+        async with websockets.connect(
+            f"ws://{host}/ocpp/CP1", subprotocols=[websockets.Subprotocol("ocpp1.6")]
+        ) as ws:
+            charger = Charger("CP1", ws)
+            task = asyncio.create_task(charger.start())
+            await charger.call(
+                call.BootNotification(charge_point_vendor="V", charge_point_model="M")
+            )
+            hard = await grid.commands.perform_now("CP1", "Reset", {"type": "Hard"})
+            assert (hard.status, hard.error_code) == ("error", "SecurityError")
+            soft = await grid.commands.perform_now("CP1", "Reset", {"type": "Soft"})
+            assert soft.status == "accepted"
+            version = await grid.commands.perform_now("CP1", "GetLocalListVersion", {})
+            assert (version.status, version.response) == ("accepted", {"listVersion": 7})
+            cleared = await grid.commands.perform_now("CP1", "ClearCache", {})
+            assert cleared.status == "accepted"
+            task.cancel()
+        assert received == ["Reset", "ClearCache"]  # the refused and the answered never went out
+
+        async def all_answered() -> bool:
+            return len(answered) == 3
+
+        await _eventually(all_answered)
+    assert answered == [
+        ("Reset", {"status": "Accepted"}),
+        ("GetLocalListVersion", {"listVersion": 7}),
+        ("ClearCache", {"status": "Accepted"}),
+    ]

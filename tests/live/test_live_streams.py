@@ -485,3 +485,57 @@ async def test_fleet_stats_are_pushed_when_they_change(settings: Any) -> None:
             assert (await _recv(ws))["type"] == "subscribed"
             with pytest.raises(TimeoutError):  # fleet-wide figures are not for group-limited users
                 await _recv(ws, timeout=0.6)
+
+
+async def test_live_statistics_are_published_per_charge_point(settings: Any) -> None:
+    """Issue 4: live statistics published on the bus (topic ``live_stats``), one snapshot per
+    interval rather than one event per value."""
+    from support import running_server
+
+    fast = settings.model_copy(update={"live_stats_publish_interval": 0.1})
+    async with running_server(fast) as server:
+        await server.add_charge_point("CP1")
+        await server.add_id_tag("TAG1")
+        token = await _token(server, "viewer")
+        async with live_socket(server, token) as ws, charge_point(server, "CP1") as cp:
+            await ws.send(
+                json.dumps({"type": "subscribe", "charge_point": "CP1", "topics": ["live_stats"]})
+            )
+            assert (await _recv(ws))["type"] == "subscribed"
+            await cp.call(call.BootNotification(charge_point_vendor="V", charge_point_model="M"))
+            started = await cp.call(
+                call.StartTransaction(
+                    connector_id=1,
+                    id_tag="TAG1",
+                    meter_start=1000,
+                    timestamp="2026-11-01T10:00:00Z",
+                )
+            )
+            for minute, (energy, power) in enumerate([(1500, 11000), (2200, 11500)], start=1):
+                await cp.call(
+                    call.MeterValues(
+                        connector_id=1,
+                        transaction_id=started.transaction_id,
+                        meter_value=[
+                            {
+                                "timestamp": f"2026-11-01T10:0{minute}:00Z",
+                                "sampledValue": [
+                                    {"value": str(energy)},
+                                    {
+                                        "value": str(power),
+                                        "measurand": "Power.Active.Import",
+                                        "unit": "W",
+                                    },
+                                ],
+                            }
+                        ],
+                    )
+                )
+            snapshot = await _recv(ws)
+            while snapshot["data"]["connectors"][0]["power_w"] != 11500.0:
+                snapshot = await _recv(ws)
+    assert snapshot["topic"] == "live_stats" and snapshot["charge_point"] == "CP1"
+    connector = snapshot["data"]["connectors"][0]
+    assert connector["connector_id"] == 1
+    assert connector["session"]["session_id"] == started.transaction_id
+    assert connector["session"]["energy_wh"] == 1200.0  # 2200 - meterStart 1000

@@ -436,7 +436,14 @@ async def test_configuration_and_history(server: RunningServer, browser: Browser
             )
         session = await login(browser, server, "otto")
         page = await session.open("/charge-points/CP1")
+        # 24 hours come from the hourly rollups: the three values are one hour's average.
+        await expect(page.locator("#history-power")).to_have_attribute("data-points", "1")
+        await expect(page.locator("#history-message")).to_contain_text("hourly averages")
+        # The last hour comes from the raw values.
+        await page.locator("#history-range").select_option("3600")
+        await page.locator("#history-form").get_by_role("button", name="Show").click()
         await expect(page.locator("#history-power")).to_have_attribute("data-points", "3")
+        await expect(page.locator("#history-message")).to_contain_text("3 power readings")
         await page.get_by_role("button", name="Read from charge point").click()
         table = page.locator("#configuration")
         await expect(table.locator("tr").filter(has_text="HeartbeatInterval")).to_contain_text(

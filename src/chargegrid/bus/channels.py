@@ -13,8 +13,9 @@ CONNECTION = "connection"
 ALERTS = "alerts"
 OPERATIONS = "operations"
 STATS = "stats"  # fleet only: the dashboard counters changed
+LIVE_STATS = "live_stats"  # per charge point: live statistics, at most once per interval
 
-TOPICS = (STATUS, SESSIONS, METER_VALUES, CONNECTION, ALERTS, OPERATIONS, STATS)
+TOPICS = (STATUS, SESSIONS, METER_VALUES, CONNECTION, ALERTS, OPERATIONS, STATS, LIVE_STATS)
 
 
 def charge_point(identity: str, topic: str) -> str:

@@ -29,6 +29,7 @@ CHARGE_POINT_TOPICS = (
     channels.CONNECTION,
     channels.ALERTS,
     channels.OPERATIONS,
+    channels.LIVE_STATS,
 )
 # Meter values are per charge point only: fleet-wide they would be the whole ingest rate.
 FLEET_TOPICS = (

@@ -7,12 +7,14 @@ import contextlib
 import logging
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chargegrid.bus import channels
 from chargegrid.bus.base import Bus
 from chargegrid.clock import Clock
 from chargegrid.store.stats import fleet_stats
+from chargegrid.store.tables import charge_points
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +52,56 @@ class StatsPublisher:
             if figures != self._last:
                 self._last = figures
                 await self._bus.publish(channel, figures)
+
+
+class LiveStatsPublisher:
+    """Publishes a charge point's live statistics (``metering.live_stats``) on its
+    ``live_stats`` channel at most once per ``interval``, only when it got new values and
+    someone listens: one snapshot, not one event per value."""
+
+    def __init__(self, engine: AsyncEngine, bus: Bus, live_stats: Any, interval: float) -> None:
+        self._engine = engine
+        self._bus = bus
+        self._live_stats = live_stats
+        self._interval = interval
+        self._identities: dict[int, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="live-stats-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.publish_changed()
+            except Exception as error:  # the database may be away; try again next time
+                log.warning("live statistics not published: %s", error)
+
+    async def publish_changed(self) -> None:
+        changed, self._live_stats.changed = self._live_stats.changed, set()
+        unknown = [cp_id for cp_id in changed if cp_id not in self._identities]
+        if unknown:
+            async with self._engine.connect() as connection:
+                rows = await connection.execute(
+                    select(charge_points.c.id, charge_points.c.identity).where(
+                        charge_points.c.id.in_(unknown)
+                    )
+                )
+                self._identities.update({int(r[0]): str(r[1]) for r in rows})
+        for cp_id in changed:
+            identity = self._identities.get(cp_id)
+            if identity is None:
+                continue
+            channel = channels.charge_point(identity, channels.LIVE_STATS)
+            if self._bus.has_subscribers(channel):
+                await self._bus.publish(
+                    channel,
+                    {"charge_point": identity, **self._live_stats.for_charge_point(cp_id)},
+                )

@@ -151,6 +151,7 @@ class LiveStats:
         self._stopped: OrderedDict[int, SessionStats] = OrderedDict()
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
+        self.changed: set[int] = set()  # charge points with new values since the last publish
 
     async def start(self) -> None:
         # Sessions events carry meterStart and the start time; publishers only build them when
@@ -240,6 +241,7 @@ class LiveStats:
             if series is None:
                 series = connector.series[key] = SeriesStats(unit)
             series.add(at, value, unit, horizon)
+            self.changed.add(charge_point_id)
             if tx is None:
                 continue
             session = sessions.get(tx)

@@ -7,6 +7,7 @@
  *     onStatusChange: (s) => ..., onSessionStarted: (session) => ..., onSessionStopped: (session) => ...,
  *     onMeterValue: (v) => ..., onEnergy, onPower, onVoltage, onCurrent, onSoC, onTemperature,
  *     onConnection: (c) => ..., onAlert: (a) => ..., onOperation: (op) => ...,
+ *     onLiveStats: (s) => ...,   // per connector: power, session energy, min/max/avg per measurand
  *     onSubscribed: () => ...,   // the server confirmed the subscription (again after reconnects)
  *   });
  *   const fleet = live.subscribeToFleet({ onStatusChange, onSessionStarted, onStats, ... });
@@ -55,6 +56,9 @@
         break;
       case "stats":
         call(callbacks.onStats, data, envelope);
+        break;
+      case "live_stats":
+        call(callbacks.onLiveStats, data, envelope);
         break;
     }
   }

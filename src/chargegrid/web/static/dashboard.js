@@ -561,21 +561,33 @@
 
     var historyForm = $("#history-form");
     var historyMessage = $("#history-message");
+    // From GET /history: raw values for short ranges, hourly or daily rollups for longer ones
+    // (the server picks by the span), so a 30-day chart stays small and fast.
+    function historySeries(measurand, since) {
+      var query = "?measurand=" + encodeURIComponent(measurand) + "&phase=none&since=" + encodeURIComponent(since);
+      return api("GET", base + "/history" + query).then(function (result) {
+        var body = result.data || {};
+        var series = (body.series || []).filter(function (s) { return s.location === "Outlet"; });
+        series.sort(function (x, y) { return y.points.length - x.points.length; });
+        return { resolution: body.resolution || "raw", points: series.length ? series[0].points : [] };
+      });
+    }
+    function pointValue(point, useLast) {
+      if (point.value != null) return point.value;  // a raw reading
+      return useLast ? point.last : point.avg;       // a rollup bucket
+    }
     function loadHistory() {
       var range = Number(historyForm.elements.range.value);
       var since = new Date(Date.now() - range * 1000).toISOString();
-      var query = "?grouped=true&limit=10000&since=" + encodeURIComponent(since) +
-        "&measurand=Power.Active.Import&measurand=Energy.Active.Import.Register";
       $("#history-csv").setAttribute("href", base + "/meter-values.csv?since=" + encodeURIComponent(since));
       setText(historyMessage, "Loading…");
-      api("GET", base + "/meter-values" + query).then(function (result) {
-        var groups = result.data || {};
-        var power = (groups["Power.Active.Import"] || []).filter(function (v) { return !v.phase && v.value != null; });
-        var energy = (groups["Energy.Active.Import.Register"] || []).filter(function (v) { return !v.phase && v.value != null; });
-        historyPower.set(power.map(function (v) { return seconds(v.timestamp); }), power.map(function (v) { return v.value / 1000; }));
-        historyEnergy.set(energy.map(function (v) { return seconds(v.timestamp); }), energy.map(function (v) { return v.value / 1000; }));
-        var truncated = result.response.headers.get("X-Truncated") === "true";
-        setText(historyMessage, power.length + " power and " + energy.length + " energy readings" + (truncated ? " (the first 10,000 values of the range; narrow it or export the CSV)" : ""));
+      Promise.all([historySeries("power", since), historySeries("energy", since)]).then(function (got) {
+        var power = got[0].points.filter(function (p) { return pointValue(p, false) != null; });
+        var energy = got[1].points.filter(function (p) { return pointValue(p, true) != null; });
+        historyPower.set(power.map(function (p) { return seconds(p.timestamp); }), power.map(function (p) { return pointValue(p, false) / 1000; }));
+        historyEnergy.set(energy.map(function (p) { return seconds(p.timestamp); }), energy.map(function (p) { return pointValue(p, true) / 1000; }));
+        var resolution = got[0].resolution === "raw" ? "readings" : got[0].resolution + "ly averages";
+        setText(historyMessage, power.length + " power " + resolution + ", " + energy.length + " energy points");
       }, function (error) { setText(historyMessage, "Could not load history: " + error.message); });
     }
     historyForm.addEventListener("submit", function (event) { event.preventDefault(); loadHistory(); });
