@@ -92,7 +92,6 @@ class Settings(BaseSettings):
     # Business rules
     authorize_concurrent_tx: bool = True  # CONFORMANCE A3: tag busy elsewhere -> ConcurrentTx
     liveness_flush_seconds: float = Field(default=1.0, gt=0)
-    sign_certificate_ca_file: Path | None = None
 
     # Credential hashing
     auth_key_hash_iterations: int = Field(default=5_000, ge=1_000)
@@ -105,7 +104,7 @@ class Settings(BaseSettings):
     # Event bus: in-process by default; Redis (redis://HOST:PORT/DB) for several nodes.
     bus_url: str | None = None
     bus_prefix: str = "chargegrid:"  # Redis channel names start with this
-    node_id: str | None = None  # default: hostname and process id
+    node_id: str | None = None  # default: a random id per process
     # Scale-out (issue 8, with bus_url): a node's claim on a charge point lives this long
     # unless refreshed (every third of it); a crashed node's charge points show "not connected"
     # within about 3 TTLs. A routed command's requester waits call timeout + route margin.
