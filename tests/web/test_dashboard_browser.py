@@ -426,12 +426,17 @@ async def test_configuration_and_history(server: RunningServer, browser: Browser
 
     async with charge_point(server, "CP1", cls=Configurable) as cp:
         await boot(cp)
-        # Values from an hour ago: the history chart shows them, the live chart does not.
-        earlier = datetime.now(UTC) - timedelta(minutes=50)
+        # Earlier values, outside any session: the history chart shows them, the live chart
+        # does not. All three inside one clock hour (one hourly bucket) and within the last hour.
+        now = datetime.now(UTC)
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        if now - hour < timedelta(seconds=5):
+            await asyncio.sleep(5)  # just past the hour: keep the values in the past
+        earlier = max(hour, now - timedelta(minutes=50))
         for step in range(3):
             await meter(
                 cp,
-                earlier + timedelta(minutes=step),
+                earlier + timedelta(seconds=step),
                 [{"value": str(3000 + step), "measurand": "Power.Active.Import", "unit": "W"}],
             )
         session = await login(browser, server, "otto")
