@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterable
+from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
+from chargegrid.bus.queue import BoundedQueue
 
-class MemorySubscription:
+
+class MemorySubscription(BoundedQueue):
     def __init__(self, bus: MemoryBus, max_pending: int) -> None:
+        super().__init__(max_pending)
         self._bus = bus
         self.channels: set[str] = set()
-        self._pending: deque[tuple[str, dict[str, Any]]] = deque()
-        self._max_pending = max_pending
-        self._ready = asyncio.Event()
-        self._closed = False
-        self.dropped = 0
-
-    def offer(self, channel: str, message: dict[str, Any]) -> None:
-        if self._closed:
-            return
-        if len(self._pending) >= self._max_pending:
-            # Memory stays bounded: a subscriber that does not keep up loses the oldest message.
-            self._pending.popleft()
-            self.dropped += 1
-        self._pending.append((channel, message))
-        self._ready.set()
-
-    async def __aiter__(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        while True:
-            while self._pending:
-                yield self._pending.popleft()
-            if self._closed:
-                return
-            self._ready.clear()
-            await self._ready.wait()
 
     async def add(self, channels: Iterable[str]) -> None:
         for channel in channels:

@@ -59,7 +59,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -68,6 +68,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+
+from chargegrid.bus.queue import BoundedQueue
 
 log = logging.getLogger(__name__)
 
@@ -89,36 +91,13 @@ class BusUnavailable(RuntimeError):
     """Redis could not be reached when the bus started."""
 
 
-class RedisSubscription:
+class RedisSubscription(BoundedQueue):
     """One subscriber's channels and bounded queue; same behaviour as MemorySubscription."""
 
     def __init__(self, bus: RedisBus, max_pending: int) -> None:
+        super().__init__(max_pending)
         self._bus = bus
         self.channels: set[str] = set()
-        self._pending: deque[tuple[str, dict[str, Any]]] = deque()
-        self._max_pending = max_pending
-        self._ready = asyncio.Event()
-        self._closed = False
-        self.dropped = 0
-
-    def offer(self, channel: str, message: dict[str, Any]) -> None:
-        if self._closed:
-            return
-        if len(self._pending) >= self._max_pending:
-            # Memory stays bounded: a subscriber that does not keep up loses the oldest message.
-            self._pending.popleft()
-            self.dropped += 1
-        self._pending.append((channel, message))
-        self._ready.set()
-
-    async def __aiter__(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        while True:
-            while self._pending:
-                yield self._pending.popleft()
-            if self._closed:
-                return
-            self._ready.clear()
-            await self._ready.wait()
 
     async def add(self, channels: Iterable[str]) -> None:
         if self._closed:
