@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from chargegrid import admin
 from chargegrid.app import Application, build_app
 from chargegrid.config import Settings
+from chargegrid.gateway.uvicorn_protocol import LeanWebSocketProtocol
 from chargegrid.store.database import create_engine, writing
 from chargegrid.store.migrate import upgrade
 
@@ -133,7 +134,8 @@ async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
         app,
         host="127.0.0.1",
         port=0,
-        ws="websockets-sansio",
+        # As `chargegrid serve` does: the trimmed protocol unless ws_lean_protocol is off.
+        ws=LeanWebSocketProtocol if settings.ws_lean_protocol else "websockets-sansio",
         ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_max_size=settings.ws_max_size,
         ws_ping_interval=settings.ws_ping_interval,

@@ -190,6 +190,15 @@ def test_charge_points_update_and_remove_unknown(migrated: Cli) -> None:
     assert "no charge point" in migrated.fails("charge-points", "remove", "NOPE")
 
 
+def test_charge_points_add_profile_3_needs_no_key(migrated: Cli) -> None:
+    """Security Profile 3: the client certificate is the credential (gateway/client_cert.py)."""
+    migrated.ok("charge-points", "add", "CP3", "--security-profile", "3")
+    assert migrated.query(
+        "SELECT security_profile, auth_key_hash FROM charge_points WHERE identity = 'CP3'"
+    ) == [(3, None)]
+    assert "0<=x<=3" in migrated.fails("charge-points", "add", "CP4", "--security-profile", "4")
+
+
 def test_charge_points_update_to_profile_1_without_any_key_is_an_error(migrated: Cli) -> None:
     migrated.ok("charge-points", "add", "CP1")
     assert "auth key" in migrated.fails("charge-points", "update", "CP1", "--security-profile", "1")

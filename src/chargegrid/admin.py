@@ -21,7 +21,9 @@ from chargegrid.store import id_tags as tag_store
 
 REGISTRATION_STATUSES = ("Accepted", "Pending", "Rejected")
 ID_TAG_STATUSES = ("Accepted", "Blocked", "Expired", "Invalid")
-SECURITY_PROFILES = (0, 1, 2)
+# OCPP 1.6 Security Whitepaper §2: 0 none, 1 Basic, 2 TLS + Basic, 3 TLS with a client
+# certificate (no key: the certificate is the credential, gateway/client_cert.py).
+SECURITY_PROFILES = (0, 1, 2, 3)
 
 
 class AdminError(Exception):
@@ -31,8 +33,8 @@ class AdminError(Exception):
 def check_auth_key(auth_key: str | None, security_profile: int, *, has_key: bool = False) -> None:
     """``has_key``: a key is already stored, so a profile change alone needs no new one."""
     if security_profile not in SECURITY_PROFILES:
-        raise AdminError(f"security profile must be one of 0, 1, 2 (got {security_profile})")
-    if security_profile >= 1 and not auth_key and not has_key:
+        raise AdminError(f"security profile must be one of 0, 1, 2, 3 (got {security_profile})")
+    if security_profile in (1, 2) and not auth_key and not has_key:
         raise AdminError(f"security profile {security_profile} needs an auth key (--auth-key)")
     if auth_key is not None and not 16 <= len(auth_key) <= 40:
         # Security Whitepaper: AuthorizationKey is 16-20 bytes, commonly sent as up to 40 hex chars.
@@ -153,7 +155,7 @@ async def import_charge_points(
                 profile = int(profile_text)
             except ValueError:
                 raise AdminError(
-                    f"security_profile must be 0, 1 or 2, got {profile_text!r}"
+                    f"security_profile must be 0, 1, 2 or 3, got {profile_text!r}"
                 ) from None
             if await cp_store.get_auth(connection, identity) is not None and skip_existing:
                 skipped.append(identity)

@@ -43,6 +43,7 @@ from chargegrid.bus.memory import MemoryBus
 from chargegrid.bus.redis import RedisBus
 from chargegrid.clock import Clock, SystemClock
 from chargegrid.cluster import Cluster
+from chargegrid.cluster.live_stats import LiveStatsMirror
 from chargegrid.commands.service import CommandService
 from chargegrid.config import Settings
 from chargegrid.csms.context import ChargePointSession, Context, DataTransferHandler, Services
@@ -90,7 +91,10 @@ class ChargeGrid:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self.engine = create_engine(
-            settings.database_url, sqlite_synchronous=settings.sqlite_synchronous
+            settings.database_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            connect_timeout=settings.database_connect_timeout,
+            statement_timeout=settings.database_statement_timeout,
         )
         self.writer = GroupCommitter(
             self.engine,
@@ -106,7 +110,10 @@ class ChargeGrid:
         # Meter-value pipeline (issue 4): the meter value insert goes through the rollup
         # maintainer (same transaction); committed values feed live statistics and alerts.
         meter_insert = insert_statement(self.engine.dialect.name)
-        self.rollups = RollupMaintainer(self.engine.dialect.name)
+        self.rollups = RollupMaintainer(
+            self.engine.dialect.name,
+            merge_interval=settings.rollup_merge_interval_ms / 1000.0,
+        )
         self.writer.sinks[meter_insert] = self.rollups
         self.live_stats = LiveStats(
             self.bus,
@@ -219,6 +226,22 @@ class ChargeGrid:
         self.commands.on_finished = self.metrics.command_finished
         if self.cluster is not None:
             self.commands.router = self.cluster.router
+        # Live statistics answered by any node (issue 8): the holding node mirrors them to Redis.
+        self.live_stats_mirror: LiveStatsMirror | None = None
+        if self.cluster is not None:
+            self.live_stats_mirror = LiveStatsMirror(
+                self.cluster.link,
+                self.live_stats,
+                self.clock,
+                node_id=self.cluster.node_id,
+                prefix=settings.bus_prefix,
+                ttl=settings.cluster_live_stats_ttl,
+                finished_ttl=settings.cluster_live_stats_finished_ttl,
+                interval=settings.live_stats_publish_interval,
+                held=self.registry.__contains__,
+                held_identities=self.registry.identities,
+            )
+            self.live_stats_publisher.mirror = self.live_stats_mirror
 
         for plugin in settings.plugins:
             load_plugin(plugin)(self)
@@ -300,8 +323,13 @@ class ChargeGrid:
         await self.live.start()
         await self.stats_publisher.start()
         await self.live_stats_publisher.start()
+        recounted = await self.rollups.recover(self.engine)
+        if recounted:
+            log.warning("counted %d meter values into rollups after an unclean stop", recounted)
         await self.writer.start()
         await self.live_stats.start()
+        if self.live_stats_mirror is not None:
+            await self.live_stats_mirror.start()
         await self.alerts.start()
         await self.retention.start()
         await self.liveness.start()
@@ -323,16 +351,24 @@ class ChargeGrid:
         await self.live_stats.stop()
         await self.stats_publisher.stop()
         await self.live_stats_publisher.stop()
+        if self.live_stats_mirror is not None:
+            await self.live_stats_mirror.stop()
         await self.live.stop()
         if self.cluster is not None:
             await self.cluster.stop()
         await self.bus.stop()
         await self.engine.dispose()
 
-    async def ready(self) -> bool:
-        try:
+    async def ready(self, timeout: float = 3.0) -> bool:
+        """The database answers within ``timeout`` (a stalled database must not stall the
+        load balancer's probe too)."""
+
+        async def probe() -> None:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(probe(), timeout)
         except Exception:
             return False
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -88,6 +89,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, database_url: 
     import uvicorn
 
     from chargegrid.app import build_app
+    from chargegrid.gateway.uvicorn_protocol import LeanWebSocketProtocol
     from chargegrid.observability.logs import configure_logging
 
     settings = _settings(ctx, host=host, port=port, database_url=database_url)
@@ -105,13 +107,21 @@ def serve(ctx: click.Context, host: str | None, port: int | None, database_url: 
         host=settings.host,
         port=settings.port,
         loop=loop,
-        ws="websockets-sansio",
+        # The stock websockets-sansio protocol, or the same with less memory per connection.
+        ws=LeanWebSocketProtocol if settings.ws_lean_protocol else "websockets-sansio",
         ws_max_size=settings.ws_max_size,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_per_message_deflate=settings.ws_per_message_deflate,
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+        # Security Profile 3 on direct TLS: the handshake fails without a certificate from
+        # tls_client_ca_file (Security Whitepaper A00.FR.403, A00.FR.407).
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca_file else ssl.CERT_NONE,
+        ssl_ca_certs=str(settings.tls_client_ca_file) if settings.tls_client_ca_file else None,
+        # Forwarded headers are judged by the gateway against trusted_proxies, which needs the
+        # proxy's own address in the scope: uvicorn must not rewrite it (nor the scheme).
+        proxy_headers=False,
         log_level=settings.log_level,
         log_config=None,
         lifespan="on",
@@ -150,7 +160,7 @@ def charge_points_group() -> None:
 @click.option(
     "--auth-key", default=None, help="Security Profile 1/2 AuthorizationKey (16-40 chars)."
 )
-@click.option("--security-profile", type=click.IntRange(0, 2), default=0, show_default=True)
+@click.option("--security-profile", type=click.IntRange(0, 3), default=0, show_default=True)
 @click.option(
     "--registration",
     type=click.Choice(admin.REGISTRATION_STATUSES),
@@ -188,7 +198,7 @@ def charge_points_add(
 @charge_points_group.command("update")
 @click.argument("identity")
 @click.option("--auth-key", default=None, help="New AuthorizationKey.")
-@click.option("--security-profile", type=click.IntRange(0, 2), default=None)
+@click.option("--security-profile", type=click.IntRange(0, 3), default=None)
 @click.option("--registration", type=click.Choice(admin.REGISTRATION_STATUSES), default=None)
 @database_option
 @click.pass_context
@@ -657,7 +667,7 @@ def _csv_words(value: str) -> tuple[str, ...]:
 @main.command()
 @click.option(
     "--targets",
-    default="chargegrid,ocpp-lib,ocpp-rpc,echo",
+    default="chargegrid,ocpp-lib,ocpp-rpc,echo,uvicorn-echo",
     show_default=True,
     help="Servers to measure, comma-separated.",
 )

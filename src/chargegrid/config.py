@@ -6,14 +6,17 @@ the field names below, e.g. ``heartbeat_interval = 300``. Environment variables 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -62,16 +65,35 @@ class Settings(BaseSettings):
     port: int = Field(default=8180, ge=0, le=65535)
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    # Security Profile 3 on the node's own TLS listener: every client must present a certificate
+    # signed by one of these CAs (TLS-level CERT_REQUIRED). uvicorn does not hand the certificate
+    # to the application, so its CN is not compared with the identity: see docs/deployment.md.
+    tls_client_ca_file: Path | None = None
+
+    # Behind a TLS-terminating proxy (docs/deployment.md): X-Forwarded-Proto and the client
+    # certificate header are believed only from these addresses or networks; empty: from nobody.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    client_cert_header: str = Field(default="X-SSL-Client-Cert", pattern=r"^[A-Za-z0-9-]+$")
+    client_cert_ca_file: Path | None = None  # forwarded certificates must be issued by these CAs
+    client_cert_organization: str | None = None  # Security Whitepaper A00.FR.404: subject O
 
     # Storage
     database_url: str = DEFAULT_DATABASE_URL
     sqlite_synchronous: str = Field(default="FULL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
     migrate_on_start: bool = True
+    # PostgreSQL: bounds on a database that stops answering (store/database.py). The server's
+    # statements are short; maintenance commands (rollups rebuild, retention) run without.
+    database_connect_timeout: float = Field(default=5.0, gt=0)
+    database_statement_timeout: float = Field(default=15.0, gt=0)
 
     # Group commit (DESIGN.md guarantee 1): a batch is written when it is this old or this large.
     commit_interval_ms: float = Field(default=4.0, gt=0, le=1000)
     commit_max_items: int = Field(default=1000, ge=1)
     commit_queue_limit: int = Field(default=50_000, ge=1)
+    # SQLite: hourly/daily rollups of the values committed in this window are merged together
+    # (metering/rollups.py, "Deferred merging"); 0 merges them in every batch, as PostgreSQL
+    # always does.
+    rollup_merge_interval_ms: float = Field(default=1000.0, ge=0, le=60_000)
 
     # Charge point admission
     unknown_charge_points: UnknownChargePointPolicy = UnknownChargePointPolicy.REJECT
@@ -84,6 +106,8 @@ class Settings(BaseSettings):
     ws_ping_timeout: float | None = 30.0
     ws_max_size: int = Field(default=1024 * 1024, ge=1024)
     ws_per_message_deflate: bool = False
+    # uvicorn's WebSocket protocol with ~5 KiB less per connection (gateway/uvicorn_protocol.py)
+    ws_lean_protocol: bool = True
     handshake_timeout: float = Field(default=10.0, gt=0)
 
     # CSMS -> CP calls
@@ -111,6 +135,10 @@ class Settings(BaseSettings):
     cluster_ownership_ttl: float = Field(default=15.0, ge=0.3)
     cluster_route_margin: float = Field(default=5.0, ge=0)
     cluster_redis_timeout: float = Field(default=1.0, gt=0)  # per Redis command of the cluster
+    # Live statistics in Redis (with bus_url): a charge point's figures live this long unless
+    # its node extends them (every third of it); a finished session's final figures this long.
+    cluster_live_stats_ttl: float = Field(default=5.0, ge=0.3)
+    cluster_live_stats_finished_ttl: float = Field(default=3600.0, gt=0)
 
     # Live streams (WebSocket /api/v1/live, Server-Sent Events)
     live_meter_values_interval: float = Field(default=0.0, ge=0)  # 0: every value, coalesced
@@ -148,6 +176,33 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> Any:
+        # The environment gives a string: "10.0.0.2,10.0.1.0/24" (or a JSON list).
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {entry!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _client_ca_needs_tls(self) -> Settings:
+        if self.tls_client_ca_file is not None and self.tls_certfile is None:
+            raise ValueError("tls_client_ca_file needs tls_certfile and tls_keyfile")
+        return self
 
     @field_validator("bus_url")
     @classmethod

@@ -3,12 +3,15 @@ asserted (the test suite never judges speed; docs/benchmarks.md does, on a quiet
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from chargegrid.simulator.bench import BenchOptions, run_bench, write_reports
+from chargegrid.simulator import loadgen
+from chargegrid.simulator.bench import BenchOptions, run_bench, server_process, write_reports
 
 PEERS = Path(__file__).resolve().parents[2] / "benchmarks" / "peers"
 
@@ -50,3 +53,25 @@ def test_bench_runs_at_tiny_scale(tmp_path: Path) -> None:
     assert "echo" in results["ratios"]["throughput_n5_sv3"]
     assert json.loads((tmp_path / "results.json").read_text())["targets"]
     assert (tmp_path / "results.md") in written
+
+
+@pytest.mark.slow
+def test_idle_fleet_is_spread_over_load_generator_processes(tmp_path: Path) -> None:
+    """A load generator process may hold only as many sockets as its fd limit allows: the idle
+    fleet is split over several, and every socket is counted once."""
+    port = 18950
+    command = [sys.executable, str(PEERS / "echo_server.py"), "--port", str(port)]
+    with server_process(command, port, tmp_path / "echo.log", {}, None) as process:
+        result = asyncio.run(
+            loadgen.idle_connections(
+                f"ws://127.0.0.1:{port}/ocpp",
+                [f"IDLE{n}" for n in range(10)],
+                server_pid=process.pid,
+                settle=0.2,
+                per_process=4,
+            )
+        )
+    assert result["loadgen_processes"] == 3
+    assert result["held"] == 10 and result["held_half"] == 5
+    assert result["connect_failures"] == {}
+    assert result["kib_per_connection"] is not None

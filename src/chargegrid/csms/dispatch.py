@@ -11,6 +11,7 @@ from chargegrid.csms.routes import ROUTES
 from chargegrid.hooks import HookContext, Hooks
 from chargegrid.ocpp.errors import ErrorCode, OcppError
 from chargegrid.ocpp.validation import validate_response
+from chargegrid.store.group_commit import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,17 @@ class Dispatcher:
         handler = self.routes.get(action)
         if handler is None:  # the engine only passes supported actions; defensive
             raise OcppError(ErrorCode.NOT_SUPPORTED, f"{action} is not supported")
+        try:
+            return await self._handle(handler, context, action, payload)
+        except StoreUnavailable as error:
+            # The writer logged the failed batch once; a trace per charge point would flood the
+            # log during a database outage. The CP keeps the message and retries (guarantee 1).
+            log.warning("%s: %s not stored: %s", context.charge_point.identity, action, error)
+            raise OcppError(ErrorCode.INTERNAL_ERROR, "internal error") from error
+
+    async def _handle(
+        self, handler: Handler, context: Context, action: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
         hooks = self.hooks
         if not (hooks.has_before(action) or hooks.has_after(action)):
             return await handler(context, payload)  # the hot path: no hooks, no extra work

@@ -4,7 +4,13 @@ Each filter either passes or refuses with the HTTP status the spec asks for, bef
 no OCPP subprotocol -> 400 (OCPP-J 1.6 §3.1.2, TC_088); unknown identity -> 404 unless
 auto-registration is on; missing or wrong credentials -> 401 (Security Whitepaper A00.FR.204,
 TC_085); a connection that does not match the charge point's security profile -> 403
-(A00.FR.002).
+(A00.FR.002), which includes a profile 3 charge point without a valid client certificate of its
+own (A00.FR.405, A00.FR.407).
+
+Behind a TLS-terminating proxy the node sees plain HTTP; whether the charge point used TLS, and
+which client certificate it presented, arrive as request headers. They are believed only when
+the TCP peer is one of ``trusted_proxies`` (default: nobody), so a charge point connecting to a
+node directly cannot claim TLS or a certificate by sending the headers itself.
 """
 
 from __future__ import annotations
@@ -18,11 +24,19 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chargegrid.clock import Clock
 from chargegrid.config import Settings, UnknownChargePointPolicy
 from chargegrid.credentials import verify_secret
+from chargegrid.gateway.client_cert import (
+    CertificateError,
+    TrustedProxies,
+    check_certificate,
+    load_ca_bundle,
+    parse_forwarded_certificate,
+)
 from chargegrid.store import charge_points as cp_store
 from chargegrid.store.database import writing
 
@@ -30,6 +44,8 @@ log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "ocpp1.6"
 MAX_IDENTITY_LENGTH = 255
+# X-Forwarded-Proto values that mean the charge point's connection to the proxy was TLS.
+TLS_SCHEMES = frozenset({"https", "wss"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +70,12 @@ class Handshake:
     identity: str  # already percent-decoded (CONFORMANCE H1)
     subprotocols: Sequence[str]
     authorization: str | None  # the Authorization header, if any
-    tls: bool
+    tls: bool  # this node's own listener terminated TLS
+    peer: str | None = None  # the TCP peer's address: a proxy's, if there is one
+    # Set by a proxy in front, and believed only from trusted_proxies; None when absent or sent
+    # more than once (a header repeated is not one a proxy set).
+    forwarded_proto: str | None = None
+    forwarded_client_cert: str | None = None
 
 
 class Admission:
@@ -64,6 +85,14 @@ class Admission:
         self._engine = engine
         self._settings = settings
         self._clock = clock
+        self._proxies = TrustedProxies(settings.trusted_proxies)
+        self.client_cert_header = settings.client_cert_header.lower()
+        self._issuers: list[x509.Certificate] = (
+            load_ca_bundle(settings.client_cert_ca_file) if settings.client_cert_ca_file else []
+        )
+        # Direct TLS with tls_client_ca_file: the TLS layer refused every client without a
+        # certificate from those CAs before the request reached us.
+        self._direct_client_certs = bool(settings.tls_certfile and settings.tls_client_ca_file)
         # identity -> (stored hash, sha256 of a key that verified against it): a reconnecting
         # charge point is checked with one SHA-256 instead of a full PBKDF2 run.
         self._verified: dict[str, tuple[str, bytes]] = {}
@@ -87,13 +116,64 @@ class Admission:
                 return Refused(404, "unknown charge point")
         charge_point_id, profile, registration_status, key_hash = record
 
-        if profile >= 2 and not handshake.tls:
+        via_proxy = self._proxies.trusts(handshake.peer)
+        tls = handshake.tls or (
+            via_proxy
+            and handshake.forwarded_proto is not None
+            and handshake.forwarded_proto.strip().lower() in TLS_SCHEMES
+        )
+        if profile >= 2 and not tls:
             return Refused(403, f"security profile {profile} requires TLS")
-        if profile >= 1:
+        if profile >= 3:
+            # Whitepaper §2.5, Table 8: a profile 3 charge point authenticates with its client
+            # certificate, not with HTTP Basic.
+            refusal = self._check_client_certificate(identity, handshake, via_proxy)
+        elif profile >= 1:
             refusal = await self._check_basic_auth(identity, handshake.authorization, key_hash)
-            if refusal is not None:
-                return refusal
+        else:
+            refusal = None
+        if refusal is not None:
+            return refusal
         return Admitted(charge_point_id, identity, registration_status, profile)
+
+    def _check_client_certificate(
+        self, identity: str, handshake: Handshake, via_proxy: bool
+    ) -> Refused | None:
+        """Security Profile 3 (Whitepaper §2.5.1). 403 for every failure: there is no HTTP
+        credential the charge point could retry with, so 401 and its challenge do not apply."""
+        header = handshake.forwarded_client_cert
+        if via_proxy and header:
+            try:
+                certificate = parse_forwarded_certificate(header)
+            except CertificateError as error:
+                return self._certificate_refused(identity, str(error))
+            problem = check_certificate(
+                certificate,
+                identity=identity,
+                now=self._clock.now(),
+                organization=self._settings.client_cert_organization,
+                issuers=self._issuers,
+            )
+            if problem is not None:
+                return self._certificate_refused(identity, problem)
+            return None
+        if handshake.tls and not via_proxy and self._direct_client_certs:
+            # The node's own TLS listener required a certificate from tls_client_ca_file
+            # (CERT_REQUIRED): the chain is verified (A00.FR.403), but uvicorn does not pass the
+            # certificate on, so its CN cannot be compared with the identity (A00.FR.405).
+            # docs/deployment.md says so and recommends the proxy for profile 3.
+            return None
+        if header and not via_proxy:
+            reason = f"client certificate header from untrusted peer {handshake.peer} ignored"
+        else:
+            reason = "no client certificate"
+        return self._certificate_refused(identity, reason)
+
+    @staticmethod
+    def _certificate_refused(identity: str, reason: str) -> Refused:
+        # Whitepaper A00.FR.408: log the refusal as a security event (never the certificate).
+        log.warning("security event: charge point %r refused: %s", identity, reason)
+        return Refused(403, "security profile 3 requires a valid client certificate")
 
     async def _register_unknown(self, identity: str) -> tuple[int, int, str, str | None] | None:
         policy = self._settings.unknown_charge_points

@@ -3,6 +3,11 @@
 A thin adapter: it turns the ASGI handshake into a :class:`Handshake` for the admission filters,
 answers refusals with a plain HTTP response before the upgrade (the ASGI "WebSocket Denial
 Response" extension), and feeds frames to a :class:`ChargePointConnection`.
+
+The handshake carries the TCP peer's address as the server saw it: the trust decision on
+forwarded headers (admission, ``trusted_proxies``) needs the proxy's own address, so the server
+must not rewrite ``scope["client"]`` from X-Forwarded-For (``chargegrid serve`` runs uvicorn with
+``proxy_headers=False``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 from urllib.parse import unquote
+
+from sqlalchemy.exc import DBAPIError
 
 from chargegrid.gateway.admission import SUBPROTOCOL, Admission, Admitted, Handshake, Refused
 from chargegrid.gateway.connection import ChargePointConnection, Dispatch
@@ -24,6 +31,13 @@ log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _single_header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The value of header ``name`` if it occurs exactly once: a proxy sets its headers once
+    (replacing any the client sent), so a repeated one was not (only) the proxy's."""
+    values = [value for key, value in headers if key == name]
+    return values[0].decode("latin-1") if len(values) == 1 else None
 
 
 class _AsgiTransport:
@@ -95,13 +109,20 @@ class OcppGateway:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        headers = dict(scope.get("headers") or [])
+        raw_headers = scope.get("headers") or []
+        headers = dict(raw_headers)
         authorization = headers.get(b"authorization")
+        client = scope.get("client")
         handshake = Handshake(
             identity=identity,
             subprotocols=scope.get("subprotocols") or [],
             authorization=authorization.decode("latin-1") if authorization else None,
             tls=scope.get("scheme") == "wss",
+            peer=str(client[0]) if client else None,
+            forwarded_proto=_single_header(raw_headers, b"x-forwarded-proto"),
+            forwarded_client_cert=_single_header(
+                raw_headers, self.admission.client_cert_header.encode("latin-1")
+            ),
         )
         try:
             decision = await asyncio.wait_for(
@@ -109,6 +130,12 @@ class OcppGateway:
             )
         except TimeoutError:
             decision = Refused(503, "handshake timed out")
+        except (DBAPIError, OSError) as error:
+            # The database is unreachable (asyncpg raises OSError itself when it cannot connect):
+            # a temporary condition the charge point should retry (RFC 9110 §15.6.4), not an
+            # internal error.
+            log.warning("handshake of %r: database unavailable: %s", identity, error)
+            decision = Refused(503, "database unavailable")
         except Exception:
             log.exception("handshake of %r failed", identity)
             decision = Refused(500, "internal error")
@@ -119,6 +146,9 @@ class OcppGateway:
             return
         await send({"type": "websocket.accept", "subprotocol": SUBPROTOCOL})
         self._observer.handshake(101)
+        # This frame stays suspended for the connection's life: keep nothing of the handshake
+        # (memory per idle connection, docs/benchmarks.md).
+        del headers, handshake, message
         await self._serve(decision, receive, send)
 
     async def _serve(self, admitted: Admitted, receive: Receive, send: Send) -> None:

@@ -56,7 +56,30 @@ class ConnectionClosed(CallFailed):
 class ChargePointConnection:
     """Serves one socket. Incoming CALLs run one at a time, in order, on a worker task, so a
     CALLRESULT for our own call is read while a handler waits for its commit, and a second CALL
-    with a busy id can be seen and refused (CONFORMANCE R6)."""
+    with a busy id can be seen and refused (CONFORMANCE R6).
+
+    A node holds tens of thousands of these, mostly idle (docs/benchmarks.md, idle connections):
+    slots instead of an instance dict, and the CALL queue, the call lock and the logger adapter
+    exist only while they are used.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_answer",
+        "_call_lock",
+        "_calls",
+        "_dispatch",
+        "_log",
+        "_on_activity",
+        "_transport",
+        "_worker",
+        "charge_point",
+        "closed",
+        "identity",
+        "observer",
+        "session",
+        "trace",
+    )
 
     def __init__(
         self,
@@ -74,16 +97,24 @@ class ChargePointConnection:
         self._transport = transport
         self._dispatch = dispatch
         self._on_activity = on_activity
-        self._calls: deque[Call] = deque()
+        self._calls: deque[Call] | None = None  # CALLs waiting for the worker, while any do
         self._worker: asyncio.Task[None] | None = None
-        self._call_lock = asyncio.Lock()
+        self._call_lock: asyncio.Lock | None = None  # made by the first CSMS-initiated call
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self.closed = False
-        self.log = logging.LoggerAdapter(log, {"charge_point": identity})
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
         # Observability: counters on every handled CALL; frames go to ``trace`` only while it is
         # set (the observer sets it per charge point), so tracing off costs one attribute test.
         self.observer = observer
         self.trace: FrameTrace | None = None
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """This connection's logger (``charge_point`` in every record), made when first used."""
+        adapter = self._log
+        if adapter is None:
+            adapter = self._log = logging.LoggerAdapter(log, {"charge_point": self.identity})
+        return adapter
 
     async def receive(self, text: str | bytes) -> None:
         """Feed one received text frame."""
@@ -92,7 +123,10 @@ class ChargePointConnection:
         if self.trace is not None:  # observability: message trace
             self.trace.frame_in(text, event)
         if isinstance(event, IncomingCall):
-            self._calls.append(event.call)
+            calls = self._calls
+            if calls is None:
+                calls = self._calls = deque()
+            calls.append(event.call)
             if self._worker is None:
                 self._worker = asyncio.create_task(self._work())
         elif isinstance(event, IncomingResult):
@@ -120,6 +154,8 @@ class ChargePointConnection:
                 await self._handle(self._calls.popleft())
         finally:
             self._worker = None
+            if not self._calls:
+                self._calls = None  # an idle connection keeps no queue
 
     async def _handle(self, call: Call) -> None:
         error_code: str | None = None  # observability: the CALLERROR sent, if any
@@ -153,7 +189,10 @@ class ChargePointConnection:
         Raises OcppError if ``payload`` fails the schema; CallTimeout, CallRejected or
         ConnectionClosed if the charge point does not answer with a CALLRESULT.
         """
-        async with self._call_lock:
+        lock = self._call_lock
+        if lock is None:
+            lock = self._call_lock = asyncio.Lock()
+        async with lock:
             if self.closed:
                 raise ConnectionClosed("the charge point is not connected")
             call = self.session.call(action, payload)
@@ -202,4 +241,5 @@ class ChargePointConnection:
         self.closed = True
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(ConnectionClosed("the connection closed"))
-        self._calls.clear()
+        if self._calls is not None:
+            self._calls.clear()

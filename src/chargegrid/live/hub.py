@@ -179,7 +179,11 @@ class LiveHub:
         async for channel, message in self._subscription:
             identity, topic = parse_channel(channel)
             if identity is None:
+                # A fleet message names its charge point at the top, or, keeping the reference
+                # session payload ({"event", "session"}) exact, inside its session.
                 identity = message.get("charge_point")
+                if identity is None and isinstance(message.get("session"), dict):
+                    identity = message["session"].get("charge_point")
             event_id = next(self._ids)
             self.last_id = event_id
             envelope: Envelope = {

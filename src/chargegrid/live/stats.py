@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -54,10 +55,22 @@ class StatsPublisher:
                 await self._bus.publish(channel, figures)
 
 
+class Mirror(Protocol):
+    """Where the same pass also copies the snapshots (``cluster.live_stats`` with Redis)."""
+
+    async def flush(
+        self,
+        changed: set[int],
+        identities: Mapping[int, str],
+        bodies: Mapping[int, dict[str, Any]],
+    ) -> None: ...
+
+
 class LiveStatsPublisher:
     """Publishes a charge point's live statistics (``metering.live_stats``) on its
     ``live_stats`` channel at most once per ``interval``, only when it got new values and
-    someone listens: one snapshot, not one event per value."""
+    someone listens: one snapshot, not one event per value. With a ``mirror`` (several nodes),
+    the same pass hands it the changed charge points and the snapshots already built."""
 
     def __init__(self, engine: AsyncEngine, bus: Bus, live_stats: Any, interval: float) -> None:
         self._engine = engine
@@ -66,6 +79,7 @@ class LiveStatsPublisher:
         self._interval = interval
         self._identities: dict[int, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self.mirror: Mirror | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="live-stats-publisher")
@@ -95,13 +109,17 @@ class LiveStatsPublisher:
                     )
                 )
                 self._identities.update({int(r[0]): str(r[1]) for r in rows})
+        bodies: dict[int, dict[str, Any]] = {}
         for cp_id in changed:
             identity = self._identities.get(cp_id)
             if identity is None:
                 continue
             channel = channels.charge_point(identity, channels.LIVE_STATS)
             if self._bus.has_subscribers(channel):
-                await self._bus.publish(
-                    channel,
-                    {"charge_point": identity, **self._live_stats.for_charge_point(cp_id)},
-                )
+                body = bodies[cp_id] = {
+                    "charge_point": identity,
+                    **self._live_stats.for_charge_point(cp_id),
+                }
+                await self._bus.publish(channel, body)
+        if self.mirror is not None:
+            await self.mirror.flush(changed, self._identities, bodies)

@@ -8,11 +8,22 @@ A rule names a measurand (optional phase), a comparison (``above`` a threshold, 
   ``cooldown_seconds`` ago (so a value hovering at the threshold cannot raise a storm);
 * the alert is **resolved** when a value is back in range by at least ``hysteresis``
   (above 50 kW with hysteresis 1 kW: raised at 50.1 kW, resolved only at or below 49 kW);
-* a user **acknowledges** it through the API (operator role).
+* a user **acknowledges** it through the API (operator role). Acknowledging is a fact of its own
+  (``acknowledged``, ``acknowledged_at``, ``acknowledged_by``) beside the condition's ``state``
+  (``raised`` or ``resolved``): an acknowledged alert whose value is still out of range is still
+  raised, and resolves as usual.
+
+A rule without a phase on a measurand whose phases add up (active and reactive power) is checked
+against the charge point's **total**: the value sent without a phase or, when a sampled meterValue
+carries only per-phase values (L1, L2, L3), their sum. Other measurands (voltage, current,
+temperature, ...) have no meaningful total, so such a rule checks each value whatever its phase.
 
 Evaluation is synchronous and cheap (a dict lookup per value; most measurands have no rule); it
 runs after the values' batch committed. Storing, publishing and the webhook run in a background
 worker, never on the charge point's critical path.
+
+The rules themselves, the rules file, and how every node keeps its copy of them current:
+:mod:`chargegrid.metering.alert_rules`.
 """
 
 from __future__ import annotations
@@ -20,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tomllib
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,110 +39,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chargegrid.bus import channels
 from chargegrid.bus.base import Bus
 from chargegrid.clock import Clock, isoformat_z
+from chargegrid.metering.alert_rules import Rule, RuleKeeper
+from chargegrid.metering.alert_rules import sync_rules_file as sync_rules_file  # the CLI's import
 from chargegrid.store import alerts as alert_store
 from chargegrid.store.group_commit import GroupCommitter
-from chargegrid.store.queries import measurand_name
 
 log = logging.getLogger(__name__)
 
-Comparison = Literal["above", "below", "outside"]
-Severity = Literal["info", "warning", "critical"]
-
-
-class RuleSpec(BaseModel):
-    """An alert rule as written in the rules file or sent to the API."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=64)
-    measurand: str = Field(
-        min_length=1, max_length=40, description="OCPP measurand or a scope name (power, ...)"
-    )
-    phase: str | None = Field(default=None, max_length=8, description="None: any phase")
-    comparison: Comparison
-    threshold: float | None = Field(default=None, description="for above / below")
-    low: float | None = Field(default=None, description="for outside: lowest normal value")
-    high: float | None = Field(default=None, description="for outside: highest normal value")
-    hysteresis: float = Field(default=0.0, ge=0)
-    cooldown_seconds: float = Field(default=0.0, ge=0)
-    severity: Severity = "warning"
-    charge_points: list[str] | None = Field(
-        default=None, description="identities in scope; None: every charge point"
-    )
-    enabled: bool = True
-
-    @model_validator(mode="after")
-    def _thresholds(self) -> RuleSpec:
-        self.measurand = measurand_name(self.measurand)
-        if self.comparison == "outside":
-            if self.low is None or self.high is None or self.low > self.high:
-                raise ValueError("comparison 'outside' needs low <= high")
-            if self.threshold is not None:
-                raise ValueError("comparison 'outside' takes low and high, not threshold")
-        else:
-            if self.threshold is None:
-                raise ValueError(f"comparison {self.comparison!r} needs a threshold")
-            if self.low is not None or self.high is not None:
-                raise ValueError(f"comparison {self.comparison!r} takes threshold, not low/high")
-        return self
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """A stored rule, ready to evaluate."""
-
-    id: int
-    name: str
-    measurand: str
-    phase: str | None
-    comparison: str
-    threshold: float | None
-    low: float | None
-    high: float | None
-    hysteresis: float
-    cooldown_seconds: float
-    severity: str
-    scope: frozenset[int] | None  # charge point ids; None: all
-
-    def tripped(self, value: float) -> bool:
-        if self.comparison == "above":
-            return value > self.threshold  # type: ignore[operator]
-        if self.comparison == "below":
-            return value < self.threshold  # type: ignore[operator]
-        return value < self.low or value > self.high  # type: ignore[operator]
-
-    def back_in_range(self, value: float) -> bool:
-        h = self.hysteresis
-        if self.comparison == "above":
-            return value <= self.threshold - h  # type: ignore[operator]
-        if self.comparison == "below":
-            return value >= self.threshold + h  # type: ignore[operator]
-        return self.low + h <= value <= self.high - h  # type: ignore[operator]
-
-    def describe(self) -> str:
-        if self.comparison == "outside":
-            return f"outside {self.low:g}..{self.high:g}"
-        return f"{self.comparison} {self.threshold:g}"
-
-    def payload(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "measurand": self.measurand,
-            "phase": self.phase,
-            "comparison": self.comparison,
-            "threshold": self.threshold,
-            "low": self.low,
-            "high": self.high,
-            "severity": self.severity,
-        }
-
+# Measurands whose per-phase values add up to the charge point's total (power is additive across
+# lines; voltage, current or temperature are not).
+PHASE_SUMMED = frozenset(
+    {"Power.Active.Import", "Power.Active.Export", "Power.Reactive.Import", "Power.Reactive.Export"}
+)
+# The line each phase value measures: L1 and L1-N are the same line, so a meterValue carrying both
+# counts it once. N and line-to-line values (L1-L2) are not part of a total.
+_LINE = {"L1": 1, "L2": 2, "L3": 3, "L1-N": 1, "L2-N": 2, "L3-N": 3}
 
 AlertKey = tuple[int, int, int, str | None]  # rule id, charge point id, connector id, phase
 
@@ -147,21 +73,28 @@ class OpenAlert:
     stored: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+AlertEvent = Literal["raised", "resolved", "acknowledged"]
+
+
 def alert_payload(
-    row: dict[str, Any], identity: str, rule: dict[str, Any] | None
+    row: dict[str, Any],
+    identity: str,
+    rule: dict[str, Any] | None,
+    event: AlertEvent | None = None,
 ) -> dict[str, Any]:
-    """The ``alerts`` event payload, also the API's alert representation."""
+    """The API's alert representation; with ``event`` (what just happened), the ``alerts`` event
+    and webhook payload.
+
+    ``state`` is the condition only (``raised`` until a value is back in range, then
+    ``resolved``); acknowledging never changes it and shows in ``acknowledged`` instead.
+    """
 
     def when(value: datetime | None) -> str | None:
         return isoformat_z(value) if value is not None else None
 
-    if row.get("acknowledged_at") is not None:
-        state = "acknowledged"
-    elif row.get("resolved_at") is not None:
-        state = "resolved"
-    else:
-        state = "raised"
+    head: dict[str, Any] = {} if event is None else {"event": event}
     return {
+        **head,
         "id": row.get("id"),
         "charge_point": identity,
         "connector_id": row["connector_id"],
@@ -174,28 +107,27 @@ def alert_payload(
         "unit": row["unit"],
         "value_at": when(row["value_at"]),
         "message": row["message"],
-        "state": state,
+        "state": "resolved" if row.get("resolved_at") is not None else "raised",
         "raised_at": when(row["raised_at"]),
         "resolved_at": when(row.get("resolved_at")),
         "resolved_value": row.get("resolved_value"),
+        "acknowledged": row.get("acknowledged_at") is not None,
         "acknowledged_at": when(row.get("acknowledged_at")),
         "acknowledged_by": row.get("acknowledged_by"),
     }
 
 
-def rules_from_file(path: Path) -> list[RuleSpec]:
-    """``[[rules]]`` tables of a TOML file, validated."""
-    with path.open("rb") as file:
-        document = tomllib.load(file)
-    return [RuleSpec.model_validate(entry) for entry in document.get("rules", [])]
-
-
-async def sync_rules_file(connection: AsyncConnection, path: Path, now: datetime) -> int:
-    """Create or replace every rule of the file, by name (source ``file``)."""
-    specs = rules_from_file(path)
-    for spec in specs:
-        await alert_store.upsert_rule(connection, spec.model_dump(), source="file", now=now)
-    return len(specs)
+def _line_total(lines: dict[int, Sequence[Any]]) -> tuple[Sequence[Any], str] | None:
+    """The total of one sampled meterValue's per-line values (line number -> row), as a row
+    without a phase, and the label its message gives it (``L1+L2+L3``); None if the units
+    differ (they do not add up)."""
+    rows = [lines[n] for n in sorted(lines)]
+    if len({row[7] for row in rows}) != 1:
+        return None
+    cp, connector, tx, at, measurand, _phase, location, unit, _value = rows[0]
+    total = sum(float(row[8]) for row in rows)
+    label = "+".join(str(row[5]) for row in rows)
+    return (cp, connector, tx, at, measurand, None, location, unit, total), label
 
 
 class AlertEngine:
@@ -211,6 +143,7 @@ class AlertEngine:
         rules_file: Path | None = None,
         webhook_url: str | None = None,
         webhook_timeout: float = 5.0,
+        reload_interval: float = 60.0,
     ) -> None:
         self._engine = engine
         self._writer = writer
@@ -220,6 +153,8 @@ class AlertEngine:
         self._webhook_url = webhook_url
         self._webhook_timeout = webhook_timeout
         self._by_measurand: dict[str, list[Rule]] = {}
+        # Rules without a phase on a PHASE_SUMMED measurand (they check totals), by measurand.
+        self._total_rules: dict[str, list[Rule]] = {}
         self._rules: dict[int, Rule] = {}
         self._open: dict[AlertKey, OpenAlert] = {}
         self._quiet_until: dict[AlertKey, datetime] = {}  # cool-down after a resolve
@@ -229,18 +164,22 @@ class AlertEngine:
         self._webhooks: set[asyncio.Task[None]] = set()
         self.dropped = 0  # alert changes not stored because the queue was full
         self.webhook_failures = 0
+        self._keeper = RuleKeeper(engine, bus, self._use_rules, reload_interval=reload_interval)
 
     async def start(self) -> None:
+        await self._keeper.start()
         if self._rules_file is not None:
             path = self._rules_file
             count = await self._writer.run(lambda c: sync_rules_file(c, path, self._clock.now()))
             log.info("alerts: %d rules from %s", count, path)
+            if count:
+                await self._keeper.notify()
         await self.reload()
         async with self._engine.connect() as connection:
             for row in await alert_store.open_alerts(connection):
                 rule = self._rules.get(row["rule_id"] or -1)
                 if rule is None:
-                    continue  # its rule is gone or disabled; it stays open until acknowledged
+                    continue  # its rule is gone or disabled: it stays raised (acknowledge it)
                 open_alert = OpenAlert(row, rule, row["id"])
                 open_alert.stored.set()
                 key = (rule.id, row["charge_point_id"], row["connector_id"], row["phase"])
@@ -248,6 +187,7 @@ class AlertEngine:
         self._worker = asyncio.create_task(self._work(), name="alerts")
 
     async def stop(self) -> None:
+        await self._keeper.stop()
         if self._worker is not None:
             # Store what was raised before stopping (the writer is still running).
             with contextlib.suppress(TimeoutError):
@@ -259,37 +199,29 @@ class AlertEngine:
         for task in list(self._webhooks):
             task.cancel()
 
+    async def rules_changed(self) -> None:
+        """The rules changed in the database (committed): every node reloads them, this one
+        before returning."""
+        await self._keeper.changed()
+
     async def reload(self) -> None:
-        """Read the rules again (after an API change)."""
-        async with self._engine.connect() as connection:
-            rows = await alert_store.rules(connection)
-            identities = sorted({i for r in rows for i in (r["charge_points"] or [])})
-            ids = await alert_store.charge_point_ids(connection, identities) if identities else {}
-        rules: dict[int, Rule] = {}
-        for row in rows:
-            if not row["enabled"]:
-                continue
-            scope = None
-            if row["charge_points"] is not None:
-                scope = frozenset(ids[i] for i in row["charge_points"] if i in ids)
-            rules[row["id"]] = Rule(
-                id=row["id"],
-                name=row["name"],
-                measurand=row["measurand"],
-                phase=row["phase"],
-                comparison=row["comparison"],
-                threshold=row["threshold"],
-                low=row["low"],
-                high=row["high"],
-                hysteresis=row["hysteresis"],
-                cooldown_seconds=row["cooldown_seconds"],
-                severity=row["severity"],
-                scope=scope,
-            )
+        """Read the rules again from the database."""
+        await self._keeper.reload()
+
+    @property
+    def reloads(self) -> int:
+        return self._keeper.reloads
+
+    def _use_rules(self, rules: dict[int, Rule]) -> None:
         by_measurand: dict[str, list[Rule]] = {}
         for rule in rules.values():
             by_measurand.setdefault(rule.measurand, []).append(rule)
-        self._rules, self._by_measurand = rules, by_measurand
+        total_rules: dict[str, list[Rule]] = {}
+        for measurand in PHASE_SUMMED.intersection(by_measurand):
+            whole = [r for r in by_measurand[measurand] if r.phase is None]
+            if whole:
+                total_rules[measurand] = whole
+        self._rules, self._by_measurand, self._total_rules = rules, by_measurand, total_rules
         # Alerts of rules that no longer exist can no longer resolve here; forget them.
         for key in [k for k, a in self._open.items() if a.rule.id not in rules]:
             del self._open[key]
@@ -307,20 +239,67 @@ class AlertEngine:
         by_measurand = self._by_measurand
         if not by_measurand:
             return
+        total_rules = self._total_rules
+        # Per-line values of measurands checked as totals, by sampled meterValue (charge point,
+        # connector, session, timestamp, measurand, location): line number -> its first row.
+        lines: dict[tuple[Any, ...], dict[int, Sequence[Any]]] | None = None
         for row in rows:
-            rules = by_measurand.get(row[4])
+            measurand = row[4]
+            rules = by_measurand.get(measurand)
             if rules is None or row[8] is None:
                 continue
+            phase = row[5]
+            if phase is None or measurand not in total_rules:
+                for rule in rules:
+                    self._evaluate(rule, row)
+                continue
+            line = _LINE.get(phase)
+            if line is not None:
+                if lines is None:
+                    lines = {}
+                key = (row[0], row[1], row[2], row[3], measurand, row[6])
+                # One line sent twice (L1 and L1-N, or in two contexts): counted once.
+                lines.setdefault(key, {}).setdefault(line, row)
             for rule in rules:
-                self._evaluate(rule, row)
+                if rule.phase is not None:
+                    self._evaluate(rule, row)
+                elif (rule.id, row[0], row[1], phase) in self._open:
+                    # Raised per phase by a version that did not check totals: this value can
+                    # still resolve it (it raises nothing new).
+                    self._evaluate(rule, row)
+        if lines is not None:
+            self._observe_sums(rows, lines)
 
-    def _evaluate(self, rule: Rule, row: Sequence[Any]) -> None:
+    def _observe_sums(
+        self, rows: list[Sequence[Any]], lines: dict[tuple[Any, ...], dict[int, Sequence[Any]]]
+    ) -> None:
+        """Check the sum of the lines of each meterValue that sent no total of its own. (A
+        batch holds whole messages, so all of a meterValue's rows are in ``rows``.)"""
+        reported = {
+            (row[0], row[1], row[2], row[3], row[4], row[6])
+            for row in rows
+            if row[5] is None and row[8] is not None and row[4] in self._total_rules
+        }
+        for key, by_line in lines.items():
+            if key in reported:
+                continue  # the charge point's own total was checked already
+            summed = _line_total(by_line)
+            if summed is None:
+                continue
+            row, label = summed
+            for rule in self._total_rules[key[4]]:
+                self._evaluate(rule, row, label)
+
+    def _evaluate(self, rule: Rule, row: Sequence[Any], label: str | None = None) -> None:
+        """``label``: how the message names the value's phase (a sum: ``L1+L2+L3``)."""
         charge_point_id, connector_id, tx, at, measurand, phase, _location, unit, value = row
         if rule.phase is not None and rule.phase != phase:
             return
         if rule.scope is not None and charge_point_id not in rule.scope:
             return
         value = float(value)
+        if label is None:
+            label = phase
         key = (rule.id, charge_point_id, connector_id, phase)
         open_alert = self._open.get(key)
         now = self._clock.now()
@@ -351,7 +330,7 @@ class AlertEngine:
                 "value": value,
                 "unit": unit,
                 "value_at": at,
-                "message": f"{measurand}{' ' + phase if phase else ''} {value:g} {unit} "
+                "message": f"{measurand}{' ' + label if label else ''} {value:g} {unit} "
                 f"{rule.describe()} ({rule.name})",
                 "raised_at": now,
             },
@@ -391,9 +370,12 @@ class AlertEngine:
             if open_alert.id is None:
                 return  # never stored (the database was down throughout)
             alert_id = open_alert.id
-            await self._retry(lambda c: alert_store.resolve_alert(c, alert_id, at=at, value=value))
-            open_alert.row.update(resolved_at=at, resolved_value=value)
-        await self.publish(open_alert.row, open_alert.rule.payload())
+            acknowledgement = await self._retry(
+                lambda c: alert_store.resolve_alert(c, alert_id, at=at, value=value)
+            )
+            open_alert.row.update(acknowledgement, resolved_at=at, resolved_value=value)
+        event: AlertEvent = "raised" if action == "raise" else "resolved"
+        await self.publish(open_alert.row, open_alert.rule.payload(), event)
 
     async def _retry(self, unit: Any) -> Any:
         delay = 0.2
@@ -415,10 +397,12 @@ class AlertEngine:
             self._identities[charge_point_id] = identity
         return identity
 
-    async def publish(self, row: dict[str, Any], rule: dict[str, Any] | None) -> None:
+    async def publish(
+        self, row: dict[str, Any], rule: dict[str, Any] | None, event: AlertEvent
+    ) -> None:
         """Publish an alert change on the bus (charge point and fleet) and to the webhook."""
         identity = await self.identity(row["charge_point_id"])
-        payload = alert_payload(row, identity, rule)
+        payload = alert_payload(row, identity, rule, event)
         await self._bus.publish(channels.charge_point(identity, channels.ALERTS), payload)
         await self._bus.publish(channels.fleet(channels.ALERTS), payload)
         if self._webhook_url is not None and len(self._webhooks) < 100:

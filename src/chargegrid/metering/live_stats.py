@@ -7,6 +7,8 @@ append, because this runs on the hot path (DESIGN.md performance budget); snapsh
 when asked for.
 
 What a node holds is what it ingested: the charge points connected to it, since it started.
+With several nodes, :mod:`chargegrid.cluster.live_stats` mirrors the figures of the charge points
+a node holds to Redis, so that every node answers for every charge point.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -152,6 +154,9 @@ class LiveStats:
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self.changed: set[int] = set()  # charge points with new values since the last publish
+        # Called with each session as it stops (once per session, never per value): the cluster
+        # mirror writes its final figures. None on a single node.
+        self.on_finish: Callable[[SessionStats], None] | None = None
 
     async def start(self) -> None:
         # Sessions events carry meterStart and the start time; publishers only build them when
@@ -220,6 +225,8 @@ class LiveStats:
         self._stopped.move_to_end(stats.id)
         while len(self._stopped) > self._keep_stopped:
             self._stopped.popitem(last=False)
+        if self.on_finish is not None:
+            self.on_finish(stats)
 
     def observe(self, rows: list[Sequence[Any]]) -> None:
         """Committed rows shaped like :data:`chargegrid.store.rollups.RETURNED`."""

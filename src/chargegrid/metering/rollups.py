@@ -22,6 +22,7 @@ recompute from raw (``recompute``; checked property-based in tests/metering/test
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from chargegrid.store import meter_values as meter_store
 from chargegrid.store import rollups as rollup_store
 from chargegrid.store.database import writing
+from chargegrid.store.group_commit import GroupCommitter
+from chargegrid.store.meter_batch import ROLLUP_COLUMNS, MeterBatch, RollupValues, meter_batch
 from chargegrid.store.rollups import DAY, HOUR, Reading, SeriesKey
 from chargegrid.store.tables import meter_rollups
 
@@ -42,6 +45,10 @@ log = logging.getLogger(__name__)
 # primary key of meter_rollups, in its order.
 RollupKey = tuple[int, str, str, datetime, int, str, str]
 _MISSING: Any = object()
+
+
+async def _nothing(_connection: AsyncConnection) -> None:
+    return None
 
 
 def is_register(measurand: str) -> bool:
@@ -99,27 +106,47 @@ class Aggregate:
         if self.last_at is None or (at, value) > (self.last_at, self.last_value or 0.0):
             self.last_at, self.last_value = at, value
 
+    def absorb(self, other: Aggregate) -> None:
+        """Fold another partial of the same key into this one: the upsert's merge, in memory."""
+        self.unit = other.unit
+        self.count += other.count
+        self.sum += other.sum
+        if other.min is not None and (self.min is None or other.min < self.min):
+            self.min = other.min
+        if other.max is not None and (self.max is None or other.max > self.max):
+            self.max = other.max
+        if other.first_at is not None and (
+            self.first_at is None
+            or (other.first_at, other.first_value or 0.0) < (self.first_at, self.first_value or 0.0)
+        ):
+            self.first_at, self.first_value = other.first_at, other.first_value
+        if other.last_at is not None and (
+            self.last_at is None
+            or (other.last_at, other.last_value or 0.0) > (self.last_at, self.last_value or 0.0)
+        ):
+            self.last_at, self.last_value = other.last_at, other.last_value
+        if other.energy is not None:
+            self.energy = (self.energy or 0.0) + other.energy
+
+    def values(self, key: RollupKey) -> RollupValues:
+        """The rollup row of ``key``, in :data:`~chargegrid.store.meter_batch.ROLLUP_COLUMNS`
+        order (the table's): the key, then the aggregate."""
+        return (
+            *key,
+            self.unit,
+            self.count,
+            self.sum,
+            self.min,
+            self.max,
+            self.first_at,
+            self.first_value,
+            self.last_at,
+            self.last_value,
+            self.energy,
+        )
+
     def row(self, key: RollupKey) -> dict[str, Any]:
-        charge_point_id, measurand, resolution, bucket, connector_id, phase, location = key
-        return {
-            "charge_point_id": charge_point_id,
-            "measurand": measurand,
-            "resolution": resolution,
-            "bucket": bucket,
-            "connector_id": connector_id,
-            "phase": phase,
-            "location": location,
-            "unit": self.unit,
-            "count": self.count,
-            "sum": self.sum,
-            "min": self.min,
-            "max": self.max,
-            "first_at": self.first_at,
-            "first_value": self.first_value,
-            "last_at": self.last_at,
-            "last_value": self.last_value,
-            "energy": self.energy,
-        }
+        return dict(zip(ROLLUP_COLUMNS, self.values(key), strict=True))
 
 
 class Rollups:
@@ -130,6 +157,8 @@ class Rollups:
         # Register readings by series, and each series' unit.
         self.registers: dict[SeriesKey, list[Reading]] = {}
         self.units: dict[SeriesKey, str] = {}
+        # A batch's values share few timestamps: their hour and day are computed once each.
+        self._buckets: dict[datetime, tuple[datetime, datetime]] = {}
 
     def add(self, row: Sequence[Any]) -> None:
         """Add a row shaped like :data:`chargegrid.store.rollups.RETURNED`."""
@@ -139,7 +168,10 @@ class Rollups:
         value = float(value)
         phase = phase or ""
         register = is_register(measurand)
-        hour, day = hour_and_day(at)
+        buckets = self._buckets.get(at)
+        if buckets is None:
+            buckets = self._buckets[at] = hour_and_day(at)
+        hour, day = buckets
         by_key = self.by_key
         for key in (
             (charge_point_id, measurand, HOUR, hour, connector_id, phase, location),
@@ -185,6 +217,19 @@ class Rollups:
     def rows(self) -> list[dict[str, Any]]:
         return [aggregate.row(key) for key, aggregate in self.by_key.items()]
 
+    def values(self) -> list[RollupValues]:
+        return [aggregate.values(key) for key, aggregate in self.by_key.items()]
+
+    def absorb(self, other: Rollups) -> None:
+        """Fold ``other``'s partial aggregates into these (``other`` is consumed)."""
+        by_key = self.by_key
+        for key, aggregate in other.by_key.items():
+            mine = by_key.get(key)
+            if mine is None:
+                by_key[key] = aggregate
+            else:
+                mine.absorb(aggregate)
+
 
 def recompute(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Aggregate]:
     """The brute-force answer: rollups of ``rows`` (shaped as ``RETURNED``) from scratch."""
@@ -212,11 +257,35 @@ class RollupMaintainer:
     statistics and alerts hang there.
     """
 
-    def __init__(self, dialect: str, *, cache_limit: int = 200_000) -> None:
-        self.insert: Insert = meter_store.insert_statement(dialect).returning(
-            *rollup_store.RETURNED
-        )
-        self.upsert = rollup_store.upsert_statement(dialect)
+    def __init__(
+        self,
+        dialect: str,
+        *,
+        cache_limit: int = 200_000,
+        merge_interval: float = 0.0,
+        merge_limit: int = 50_000,
+    ) -> None:
+        # The statement rows are submitted under (the writer's key for this sink); the rows
+        # themselves go through ``_batch``.
+        self.insert: Insert = meter_store.insert_statement(dialect)
+        self._batch: MeterBatch = meter_batch(dialect)
+        # Deferred merging (module docstring): SQLite only, where this process is the only
+        # writer, so "every id up to the watermark is counted" describes the whole database.
+        self._sqlite = dialect == "sqlite"
+        self.deferred = self._sqlite and merge_interval > 0
+        self._inserted = False  # the open batch stored values
+        self._merge_interval = merge_interval
+        self._merge_limit = merge_limit
+        self._uncounted = Rollups()  # committed values not yet merged into meter_rollups
+        self._layer = Rollups()  # the open batch's values
+        self._unit_layer = Rollups()  # the running unit's values (its savepoint may roll back)
+        self._in_unit = False
+        self._merging = False  # the open batch merges (and advances the watermark)
+        self._merged_at = time.monotonic()
+        self._merge_wanted = False
+        # The committed watermark (None: not read yet) and the one the open batch sets.
+        self._watermark: int | None = None
+        self._next_watermark: int | None = None
         # The latest register reading of each series as of the open transaction (None: the
         # series has none), by charge point. Only a cache: what is missing is read back.
         self._latest: dict[int, dict[SeriesKey, Reading | None]] = {}
@@ -230,14 +299,84 @@ class RollupMaintainer:
     # -- RowSink --------------------------------------------------------------------------
 
     async def write(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-        inserted = (await connection.execute(self.insert, rows)).all()
+        """Insert ``rows``; merge their rollups now, or if merging is deferred count them in
+        memory for the next merge (a unit's separately: its savepoint may roll back)."""
+        result = await self._batch.insert(connection, rows)
+        inserted = result.rows
         self.stats.rows += len(inserted)
         self.stats.duplicates += len(rows) - len(inserted)
         if not inserted:
             return
-        await self.merge(connection, inserted)
+        self._inserted = True
+        if self.deferred:
+            if self._watermark is None:
+                self._watermark = await rollup_store.watermark(connection)
+            # SQLite reuses the ids of deleted top rows (a removed charge point's values): such
+            # a row is below the watermark, which promises it is counted, so it is merged now.
+            if result.first_id > self._watermark:
+                layer = self._unit_layer if self._in_unit else self._layer
+                layer.absorb(await self._count(connection, inserted))
+            else:
+                await self.merge(connection, inserted)
+        else:
+            await self.merge(connection, inserted)
         if self.observers:
             self._pending.extend(inserted)
+
+    async def finish(self, connection: AsyncConnection, *, final: bool) -> None:
+        """End of the batch's transaction: merge what is deferred when it is due (an interval
+        has passed, a reader asked, the writer stops, or memory is getting full)."""
+        inserted, self._inserted = self._inserted, False
+        if not self.deferred:
+            if self._sqlite and inserted:
+                # Merged already; keep the watermark true for a later start with merging
+                # deferred, and for rebuilds.
+                await rollup_store.advance_watermark(connection)
+            return
+        self._end_unit()
+        due = (
+            final
+            or self._merge_wanted
+            or time.monotonic() - self._merged_at >= self._merge_interval
+            or len(self._uncounted.by_key) + len(self._layer.by_key) >= self._merge_limit
+        )
+        if not due:
+            return
+        merged = Rollups()
+        # Copies of the aggregates: absorb() mutates, and a failed commit must find both
+        # layers as they were.
+        for layer in (self._uncounted, self._layer):
+            for key, aggregate in layer.by_key.items():
+                mine = merged.by_key.get(key)
+                if mine is None:
+                    mine = merged.by_key[key] = Aggregate(aggregate.unit, False)
+                    mine.energy = None
+                mine.absorb(aggregate)
+        values = merged.values()
+        if values:
+            # A charge point removed since (its values and rollups deleted with it, possibly by
+            # the CLI in another process) must not fail every later merge on its foreign key.
+            existing = await rollup_store.existing_charge_points(
+                connection, {key[0] for key in merged.by_key}
+            )
+            values = [v for v in values if v[0] in existing]
+        if values:
+            await self._batch.merge(connection, values)
+            self.stats.rollup_rows += len(values)
+        self._next_watermark = await rollup_store.advance_watermark(connection)
+        self._merging = True
+
+    @property
+    def uncounted(self) -> int:
+        """Rollup rows waiting for the next deferred merge."""
+        return len(self._uncounted.by_key) + len(self._layer.by_key)
+
+    async def settle(self, writer: GroupCommitter) -> None:
+        """Return once every value committed so far is merged into meter_rollups: a reader
+        sees what was acknowledged. At most one extra (empty) batch."""
+        if self.deferred and self.uncounted:
+            self._merge_wanted = True
+            await writer.run(_nothing)
 
     def connection_seen(self, charge_point_id: int, connection: object) -> None:
         """Called per MeterValues with the charge point's connection (its handler context).
@@ -251,14 +390,33 @@ class RollupMaintainer:
             self._cached -= len(self._latest.pop(charge_point_id, ()))
 
     def mark(self) -> int:
+        self._end_unit()  # the previous unit, if any, was released
+        self._in_unit = True
         return len(self._pending)
 
     def rolled_back(self, mark: int) -> None:
         """A unit's savepoint was rolled back: forget what it wrote."""
         del self._pending[mark:]
+        self._unit_layer = Rollups()
         self._clear()  # safe: the cache refills from the database
 
+    def _end_unit(self) -> None:
+        if self._unit_layer.by_key:
+            self._layer.absorb(self._unit_layer)
+            self._unit_layer = Rollups()
+        self._in_unit = False
+
     def committed(self) -> None:
+        self._end_unit()
+        if self._merging:
+            self._watermark = self._next_watermark
+            self._uncounted = Rollups()
+            self._merged_at = time.monotonic()
+            self._merge_wanted = False
+            self._merging = False
+        else:
+            self._uncounted.absorb(self._layer)
+        self._layer = Rollups()
         pending, self._pending = self._pending, []
         for observer in self.observers:
             try:
@@ -268,6 +426,11 @@ class RollupMaintainer:
 
     def failed(self) -> None:
         self._pending = []
+        self._inserted = False
+        self._layer = Rollups()  # nothing of this batch is stored
+        self._unit_layer = Rollups()
+        self._in_unit = False
+        self._merging = False  # nor its merge: the uncounted rollups are still to merge
         self._clear()
 
     def _clear(self) -> None:
@@ -278,15 +441,38 @@ class RollupMaintainer:
 
     async def merge(self, connection: AsyncConnection, inserted: Sequence[Sequence[Any]]) -> None:
         """Merge the rollups of freshly ``inserted`` rows (in the open transaction)."""
+        values = (await self._count(connection, inserted)).values()
+        if values:
+            await self._batch.merge(connection, values)
+            self.stats.rollup_rows += len(values)
+
+    async def _count(
+        self, connection: AsyncConnection, inserted: Sequence[Sequence[Any]]
+    ) -> Rollups:
+        """The partial rollups of freshly ``inserted`` rows, energy credits included."""
         rollups = Rollups()
         for row in inserted:
             rollups.add(row)
         for series, readings in rollups.registers.items():
             await self._credit_energy(connection, rollups, series, readings)
-        rows = rollups.rows()
-        if rows:
-            await connection.execute(self.upsert, rows)
-            self.stats.rollup_rows += len(rows)
+        rollups.registers.clear()  # only needed for the credits
+        return rollups
+
+    async def recover(self, engine: AsyncEngine) -> int:
+        """After a crash: count the values stored since the last deferred merge (their
+        rollups were only in memory). Returns how many; run before the writer starts."""
+        if not self._sqlite:
+            return 0
+        async with writing(engine).begin() as connection:
+            rows = await rollup_store.uncounted(
+                connection, await rollup_store.watermark(connection)
+            )
+            if rows:
+                await self.merge(connection, rows)
+            watermark = await rollup_store.advance_watermark(connection)
+        self._watermark = watermark
+        self._clear()  # the cache filled inside that transaction; let it refill lazily
+        return len(rows)
 
     async def _credit_energy(
         self,
@@ -343,8 +529,15 @@ async def rebuild(
         end = day + timedelta(days=1)
         async with writing(engine).begin() as connection:
             await rollup_store.lock_for_rebuild(connection)
+            # SQLite: values above the watermark are counted in a running server's memory
+            # (deferred merging) and merged later; counting them here too would count twice.
+            up_to = (
+                await rollup_store.watermark(connection)
+                if connection.dialect.name == "sqlite"
+                else None
+            )
             await rollup_store.delete_range(connection, day, end)
-            count = await _rebuild_range(connection, day, end)
+            count = await _rebuild_range(connection, day, end, up_to)
         total += count
         if progress is not None:
             progress(day, count)
@@ -352,7 +545,9 @@ async def rebuild(
     return total
 
 
-async def _rebuild_range(connection: AsyncConnection, since: datetime, until: datetime) -> int:
+async def _rebuild_range(
+    connection: AsyncConnection, since: datetime, until: datetime, up_to: int | None
+) -> int:
     count = 0
     rollups = Rollups()
     current: SeriesKey | None = None
@@ -365,7 +560,7 @@ async def _rebuild_range(connection: AsyncConnection, since: datetime, until: da
             await connection.execute(meter_rollups.insert(), rows)
         rollups = Rollups()
 
-    async for row in rollup_store.raw_rows(connection, since, until):
+    async for row in rollup_store.raw_rows(connection, since, until, up_to=up_to):
         count += 1
         charge_point_id, connector_id, _tx, at, measurand, phase, location, _unit, value = row
         series = (charge_point_id, connector_id, measurand, phase or "", location)
@@ -374,7 +569,7 @@ async def _rebuild_range(connection: AsyncConnection, since: datetime, until: da
                 await flush()
             current = series
             previous = (
-                await rollup_store.previous_reading(connection, series, since)
+                await rollup_store.previous_reading(connection, series, since, up_to=up_to)
                 if is_register(measurand)
                 else None
             )

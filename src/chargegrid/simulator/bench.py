@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from chargegrid.simulator import loadgen
 
 __all__ = ["BenchOptions", "run_bench", "write_reports"]
 
-TARGETS = ("chargegrid", "ocpp-lib", "ocpp-rpc", "echo")
+TARGETS = ("chargegrid", "ocpp-lib", "ocpp-rpc", "echo", "uvicorn-echo")
 SCENARIOS = ("throughput", "latency", "idle", "storm", "commands")
 LOCAL_ADDRESSES = tuple(f"127.0.0.{n}" for n in range(1, 9))
 
@@ -61,9 +61,17 @@ class BenchOptions:
 # processes ----------------------------------------------------------------------
 
 
-def _raise_fd_limit() -> None:
-    """Children and this process may hold tens of thousands of sockets."""
+SERVER_FD_MARGIN = 100  # descriptors a server keeps beside its sockets (listener, database, …)
+
+
+def _raise_fd_limit(wanted: int = 0) -> None:
+    """Children and this process may hold tens of thousands of sockets: raise the hard limit
+    to ``wanted`` where allowed (root with CAP_SYS_RESOURCE), then the soft one to the hard."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted > hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -97,14 +105,24 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60.
 
 @contextlib.contextmanager
 def server_process(
-    command: list[str], port: int, log: Path, env: dict[str, str], core: int | None
+    command: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str],
+    core: int | None,
+    fds: int = 0,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run a server pinned to ``core`` (``taskset``) until the block ends (SIGINT, then kill)."""
+    """Run a server pinned to ``core`` (``taskset``) until the block ends (SIGINT, then kill),
+    with its fd limit raised towards ``fds``."""
     if core is not None and shutil.which("taskset"):
         command = ["taskset", "-c", str(core), *command]
     with log.open("ab") as output:
         process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env, preexec_fn=_raise_fd_limit
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=lambda: _raise_fd_limit(fds),
         )
     try:
         _wait_port(port, process)
@@ -164,6 +182,9 @@ def _targets(options: BenchOptions, workdir: Path) -> list[Target]:
         elif name == "echo":
             script = str(peers / "echo_server.py")
             out.append(Target(name, port, [python, script, "--port", str(port)], _clean_env({})))
+        elif name == "uvicorn-echo":
+            script = str(peers / "uvicorn_echo.py")
+            out.append(Target(name, port, [python, script, "--port", str(port)], _clean_env({})))
         else:
             raise ValueError(f"unknown target {name!r}; one of {', '.join(TARGETS)}")
     return out
@@ -221,12 +242,13 @@ async def _bench_target(
     options: BenchOptions,
     idle: int,
     say: Callable[[str], None],
+    scenarios: Collection[str],
 ) -> dict[str, Any]:
     url = f"ws://127.0.0.1:{target.port}/ocpp"
     http = f"http://127.0.0.1:{target.port}"
     result: dict[str, Any] = {"loadavg_start": _loadavg()}
     pid = process.pid
-    if "throughput" in options.scenarios:
+    if "throughput" in scenarios:
         for size in options.sizes:
             for sampled in options.sampled:
                 runs = []
@@ -247,7 +269,7 @@ async def _bench_target(
                     )
                     runs.append(run)
                 result[f"throughput_n{size}_sv{sampled}"] = _median(runs)
-    if "latency" in options.scenarios and options.sizes:
+    if "latency" in scenarios and options.sizes:
         size = max(options.sizes)
         runs = []
         for _ in range(options.repeats):
@@ -266,27 +288,45 @@ async def _bench_target(
             )
             runs.append(run)
         result[f"paced_{int(options.paced_rate)}_n{size}"] = _median(runs)
-    if "storm" in options.scenarios and options.storm:
-        run = await loadgen.storm(url, _ids("ST", options.storm), local_addresses=LOCAL_ADDRESSES)
-        say(f"  {target.name} storm {options.storm}: all accepted in {run['all_accepted_s']} s")
+    if "storm" in scenarios and options.storm:
+        loadavg = _loadavg()
+        run = await loadgen.storm(
+            url, _ids("ST", options.storm), local_addresses=LOCAL_ADDRESSES, server_pid=pid
+        )
+        run["loadavg"] = loadavg
+        say(
+            f"  {target.name} storm {options.storm}: {run['accepted']} accepted, the last after "
+            f"{run['all_accepted_s']} s (retries {run['retries'] or 'none'}, load {loadavg})"
+        )
         result["storm"] = run
-    if "idle" in options.scenarios and idle:
+    if "idle" in scenarios and idle:
+        loadavg = _loadavg()
         run = await loadgen.idle_connections(
             url, _ids("ID", idle), server_pid=pid, local_addresses=LOCAL_ADDRESSES
         )
+        run["loadavg"] = loadavg
         say(
-            f"  {target.name} idle: {run['held']}/{idle} held, {run['kib_per_connection']} KiB each"
+            f"  {target.name} idle: {run['held']}/{idle} held, {run['kib_per_connection']} KiB "
+            f"each ({run['kib_per_connection_marginal']} KiB marginal; "
+            f"failures {run['connect_failures'] or 'none'}, load {loadavg})"
         )
         result["idle"] = run
-    if target.token and "commands" in options.scenarios and options.commands:
+    if target.token and "commands" in scenarios and options.commands:
+        loadavg = _loadavg()
         run = await loadgen.command_latency(
             url, http, "CMD00001", target.token, count=options.commands
         )
-        say(f"  {target.name} command latency: p50 {run['p50_ms']} ms p99 {run['p99_ms']} ms")
+        run["loadavg"] = loadavg
+        say(
+            f"  {target.name} command latency: p50 {run['p50_ms']} ms p99 {run['p99_ms']} ms "
+            f"({run['statuses']}, load {loadavg})"
+        )
         result["command_latency"] = run
+        loadavg = _loadavg()
         run = await loadgen.fanout_latency(
             url, http, "LIVE00001", target.token, count=options.commands
         )
+        run["loadavg"] = loadavg
         say(f"  {target.name} live fan-out: p50 {run['p50_ms']} ms p99 {run['p99_ms']} ms")
         result["fanout_latency"] = run
     result["loadavg_end"] = _loadavg()
@@ -318,17 +358,23 @@ def _machine() -> dict[str, Any]:
 
 def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every target and scenario; return the results (also written by ``write_reports``)."""
-    _raise_fd_limit()
+    # The load generator spreads the idle fleet over processes as its fd limit requires; the
+    # server holds every socket in one process, so its limit must exceed the fleet.
+    server_fds = options.idle + SERVER_FD_MARGIN
+    _raise_fd_limit(max(server_fds, options.storm + SERVER_FD_MARGIN))
     pinned = (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, {options.loadgen_core})
     else:
         options.notes.append("one CPU only: server and load generator share it (not pinned)")
     idle = options.idle
-    if idle and idle > fd_limit() - 500:
-        idle = fd_limit() - 500
+    if idle and idle > fd_limit() - SERVER_FD_MARGIN:
+        idle = fd_limit() - SERVER_FD_MARGIN
         options.notes.append(
-            f"idle connections capped at {idle}: the fd limit (ulimit -n hard) is {fd_limit()}"
+            f"idle connections capped at {idle:,}: a server process may open {fd_limit():,} "
+            f"descriptors (hard fd limit, `ulimit -Hn`) and this process cannot raise it (that "
+            f"needs root with CAP_SYS_RESOURCE); {SERVER_FD_MARGIN} are left for the server's "
+            f"listener, database and logs"
         )
     results: dict[str, Any] = {
         "machine": _machine(),
@@ -349,20 +395,29 @@ def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict
                 _provision(target, options, idle, workdir)
             log = options.out_dir / f"server-{target.name}.log"
             log.write_bytes(b"")
+            # The idle figure is taken on a freshly started server: one that had held the
+            # throughput or storm fleets would reuse their freed memory for the idle one.
+            scenarios = [s for s in options.scenarios if s != "idle"]
+            phases = [["idle"]] if "idle" in options.scenarios and idle else []
+            phases += [scenarios] if scenarios else []
+            figures: dict[str, Any] = {}
             try:
-                with server_process(
-                    target.command,
-                    target.port,
-                    log,
-                    target.env,
-                    options.server_core if pinned else None,
-                ) as process:
-                    results["targets"][target.name] = asyncio.run(
-                        _bench_target(target, process, options, idle, say)
-                    )
+                for phase in phases:
+                    with server_process(
+                        target.command,
+                        target.port,
+                        log,
+                        target.env,
+                        options.server_core if pinned else None,
+                        fds=server_fds,
+                    ) as process:
+                        run = asyncio.run(_bench_target(target, process, options, idle, say, phase))
+                        run["loadavg_start"] = figures.get("loadavg_start", run["loadavg_start"])
+                        figures.update(run)
             except (RuntimeError, OSError) as error:
                 say(f"{target.name}: failed: {error}")
-                results["targets"][target.name] = {"error": str(error)}
+                figures["error"] = str(error)
+            results["targets"][target.name] = figures
     results["loadavg_end"] = _loadavg()
     results["ratios"] = _ratios(results["targets"])
     results["notes"] = options.notes
@@ -370,7 +425,8 @@ def run_bench(options: BenchOptions, say: Callable[[str], None] = print) -> dict
 
 
 def _ratios(targets: dict[str, Any]) -> dict[str, Any]:
-    """chargegrid's round trips/s over each peer's, per throughput figure."""
+    """chargegrid's figure over each peer's: round trips/s per throughput figure, KiB per idle
+    connection, seconds until a storm is accepted."""
     ours = targets.get("chargegrid") or {}
     ratios: dict[str, Any] = {}
     for key, figure in ours.items():
@@ -381,6 +437,16 @@ def _ratios(targets: dict[str, Any]) -> dict[str, Any]:
                 continue
             mine, other = figure.get("round_trips_per_s"), theirs[key].get("round_trips_per_s")
             if mine and other:
+                ratios.setdefault(key, {})[peer] = round(mine / other, 2)
+    # Memory per idle connection and storm time: chargegrid's over each peer's (< 1: less).
+    for key, scenario, field_name in (
+        ("idle_kib_per_connection", "idle", "kib_per_connection"),
+        ("storm_all_accepted_s", "storm", "all_accepted_s"),
+    ):
+        mine = (ours.get(scenario) or {}).get(field_name)
+        for peer, theirs in targets.items():
+            other = (theirs.get(scenario) or {}).get(field_name)
+            if peer != "chargegrid" and mine and other:
                 ratios.setdefault(key, {})[peer] = round(mine / other, 2)
     return ratios
 
@@ -409,14 +475,34 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{figure['p95_ms']} | {figure['p99_ms']} | {figure.get('server_cpu', 0):.0%} | "
                 f"{figure['loadgen_cpu']:.0%} |"
             )
-    lines += ["", "| target | idle held | KiB/connection | storm: all accepted (s) |"]
-    lines.append("| --- | ---: | ---: | ---: |")
+    lines += [
+        "",
+        "| target | idle held | KiB/connection | marginal KiB | RSS MiB (0 → N) | load avg |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
     for name, target in results["targets"].items():
-        idle, storm = target.get("idle") or {}, target.get("storm") or {}
-        lines.append(
-            f"| {name} | {idle.get('held', '-')}/{idle.get('requested', '-')} | "
-            f"{idle.get('kib_per_connection', '-')} | {storm.get('all_accepted_s', '-')} |"
-        )
+        idle = target.get("idle")
+        if idle:
+            lines.append(
+                f"| {name} | {idle['held']:,}/{idle['requested']:,} | "
+                f"{idle['kib_per_connection']} | {idle.get('kib_per_connection_marginal', '-')} | "
+                f"{idle['rss_before_mib']} → {idle['rss_after_mib']} | {idle.get('loadavg')} |"
+            )
+    lines += [
+        "",
+        "| target | storm: accepted | all accepted (s) | p50 (s) | retries | server CPU | "
+        "load-gen CPU | load avg |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | --- |",
+    ]
+    for name, target in results["targets"].items():
+        storm = target.get("storm")
+        if storm:
+            lines.append(
+                f"| {name} | {storm['accepted']:,}/{storm['charge_points']:,} | "
+                f"{storm['all_accepted_s']} | {storm['p50_accepted_s']} | "
+                f"{storm['retries'] or 'none'} | {storm.get('server_cpu', 0):.0%} | "
+                f"{storm.get('loadgen_cpu', 0):.0%} | {storm.get('loadavg')} |"
+            )
     ours = results["targets"].get("chargegrid") or {}
     for key, title in (
         ("command_latency", "command (REST → CP → answer)"),
@@ -426,7 +512,8 @@ def markdown(results: dict[str, Any]) -> str:
             figure = ours[key]
             lines.append(
                 f"\n{title}: p50 {figure['p50_ms']} ms, p95 {figure['p95_ms']} ms, "
-                f"p99 {figure['p99_ms']} ms"
+                f"p99 {figure['p99_ms']} ms, max {figure['max_ms']} ms "
+                f"(load average {figure.get('loadavg')})"
             )
     if results.get("ratios"):
         lines += [

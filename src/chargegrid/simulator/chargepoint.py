@@ -21,6 +21,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -104,6 +105,9 @@ class Session:
     reservation_id: int | None = None
     transaction_id: int | None = None  # known once the CSMS answered StartTransaction
     refused: bool = False  # StartTransaction got a CALLERROR: its followers are dropped
+    # The last meter reading the CSMS acknowledged for this session (what it should show).
+    last_register: int | None = None  # Wh
+    last_power: float | None = None  # W
 
 
 @dataclass
@@ -172,6 +176,8 @@ class SimulatedChargePoint:
         self._last_ms = 0
         self._local_list_version = 0
         self._draining = False
+        self.holding = False  # the run is over: stay connected, change nothing, until stop()
+        self._status_dirty = False  # a status change did not reach the CSMS (offline)
         self.configuration: dict[str, tuple[bool, str]] = {
             # key: (readonly, value) — the Core profile's keys and a few of the others.
             "AllowOfflineTxForUnknownId": (False, "false"),
@@ -254,8 +260,14 @@ class SimulatedChargePoint:
 
     # main loop ----------------------------------------------------------------------------------
 
-    async def run(self, deadline: float) -> None:
-        """Behave until loop time ``deadline`` (or ``stop()``), then deliver what is queued."""
+    async def run(self, deadline: float, *, hold: bool = False) -> None:
+        """Behave until loop time ``deadline`` (or ``stop()``), then deliver what is queued.
+
+        With ``hold``, the charge point does not close at the deadline: it comes back online if
+        it was offline, delivers what it queued and reports its statuses again, then stays
+        connected without changing anything (no new sessions, readings, faults or outages; it
+        still answers the CSMS) until ``stop()``. A fleet in that state is :attr:`settled`, so
+        what it did can be compared with what the CSMS shows without a moving target."""
         self._at(0, "connect")
         if self.config.profile == "realistic":
             for connector in self.connectors.values():
@@ -265,32 +277,108 @@ class SimulatedChargePoint:
             if self.config.offline_rate > 0:
                 self._after(self._exp(3600.0 / self.config.offline_rate), "offline")
         try:
-            while not self.stopping and self._now() < deadline:
-                while self.inbox and not self.stopping:
-                    await self._work(self.inbox.popleft())
-                if self.config.profile == "stress" and self.registered and self._online:
-                    await self._stress_step()
-                    continue
-                when = self._timers[0].when if self._timers else deadline
-                delay = min(when, deadline) - self._now()
-                if delay > 0 or not self._timers:
-                    self.wake.clear()
-                    if self.inbox:
-                        continue
-                    try:
-                        async with asyncio.timeout(max(delay, 0.0)):
-                            await self.wake.wait()
-                    except TimeoutError:
-                        pass
-                    continue
-                timer = heapq.heappop(self._timers)
-                await self._timer(timer)
+            await self._loop(deadline)
+            if hold and not self.stopping:
+                self._enter_hold()
+                await self._loop(math.inf)
         finally:
             await self._finish()
+
+    async def _loop(self, deadline: float) -> None:
+        while not self.stopping and self._now() < deadline:
+            while self.inbox and not self.stopping:
+                await self._work(self.inbox.popleft())
+            if self.holding:
+                await self._settle()
+            elif self.config.profile == "stress" and self.registered and self._online:
+                await self._stress_step()
+                continue
+            when = self._timers[0].when if self._timers else deadline
+            delay = min(when, deadline) - self._now()
+            if delay > 0 or not self._timers:
+                self.wake.clear()
+                if self.inbox or self.stopping:
+                    continue
+                try:
+                    async with asyncio.timeout(max(delay, 0.0) if delay < math.inf else None):
+                        await self.wake.wait()
+                except TimeoutError:
+                    pass
+                continue
+            timer = heapq.heappop(self._timers)
+            await self._timer(timer)
 
     def stop(self) -> None:
         self.stopping = True
         self.wake.set()
+
+    # holding still at the end of a run ----------------------------------------------------------
+
+    def _enter_hold(self) -> None:
+        self.holding = True
+        self.offline_until = 0.0  # an outage in progress ends now
+        self._timers = [t for t in self._timers if t.kind in ("connect", "boot")]
+        heapq.heapify(self._timers)
+        if not self._online:
+            self._at(0, "connect")
+
+    async def _settle(self) -> None:
+        """While holding: deliver the queue and any status the CSMS missed."""
+        if not (self._online and self.registered):
+            return
+        if self.queue:
+            await self._drain()
+        if self._status_dirty and self._online:
+            await self._status_all()
+
+    @property
+    def online(self) -> bool:
+        """Connected and accepted by the CSMS."""
+        return self._online and self.registered
+
+    @property
+    def settled(self) -> bool:
+        """Holding, online, and the CSMS has been told everything."""
+        return (
+            self.holding
+            and self._online
+            and self.registered
+            and not self.queue
+            and not self.inbox
+            and not self._status_dirty
+            and not self._draining
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """What this charge point has told the CSMS (acknowledged), for comparisons."""
+        sessions = []
+        for connector in self.connectors.values():
+            session = connector.session
+            if session is None or session.transaction_id is None or session.refused:
+                continue
+            sessions.append(
+                {
+                    "transaction_id": session.transaction_id,
+                    "connector_id": connector.id,
+                    "id_tag": session.id_tag,
+                    "meter_start": session.meter_start,
+                    "started_at": session.started,
+                    "last_register": session.last_register,
+                    "last_power": session.last_power,
+                }
+            )
+        return {
+            "online": self.online,
+            "settled": self.settled,
+            "connectors": {
+                str(c.id): {"status": c.status, "error_code": c.error_code}
+                for c in self.connectors.values()
+            },
+            "sessions": sessions,
+            "queued": len(self.queue),
+            "energy_wh": sum(int(c.register) for c in self.connectors.values())
+            - self.initial_energy,
+        }
 
     @property
     def _online(self) -> bool:
@@ -298,6 +386,8 @@ class SimulatedChargePoint:
 
     async def _timer(self, timer: _Timer) -> None:
         kind = timer.kind
+        if self.holding and kind not in ("connect", "boot"):
+            return  # nothing new happens while holding still
         connector = self.connectors.get(timer.connector)
         if kind == "connect":
             await self._connect()
@@ -418,7 +508,8 @@ class SimulatedChargePoint:
         await self._drain()
 
     async def _status_all(self) -> None:
-        await self._call(
+        self._status_dirty = False
+        result = await self._call(
             "StatusNotification",
             {
                 "connectorId": 0,
@@ -427,6 +518,8 @@ class SimulatedChargePoint:
                 "timestamp": self._timestamp(),
             },
         )
+        if result is None and not self._online:
+            self._status_dirty = True
         for connector in self.connectors.values():
             await self._status(connector, connector.status, connector.error_code)
 
@@ -463,6 +556,7 @@ class SimulatedChargePoint:
             if self._resolve(head):
                 ws.call_future(head.action, head.payload).add_done_callback(_ignore)
                 self.stats.lost_acks += 1
+                self.stats.lost_ack_actions[head.action] += 1
         ws.abort()
         self._at(self.offline_until - self._now(), "connect")
 
@@ -578,7 +672,9 @@ class SimulatedChargePoint:
     async def _delivered(self, item: Queued, result: dict[str, Any]) -> None:
         self.stats.sampled_values_stored += item.sampled
         session = item.session
-        if item.action == "StartTransaction" and session is not None:
+        if item.action == "MeterValues" and session is not None:
+            _note_reading(session, item.payload)
+        elif item.action == "StartTransaction" and session is not None:
             session.transaction_id = int(result["transactionId"])
             self.stats.sessions_started += 1
             status = (result.get("idTagInfo") or {}).get("status")
@@ -598,9 +694,10 @@ class SimulatedChargePoint:
                     meter_start=session.meter_start,
                     meter_stop=int(item.payload["meterStop"]),
                     stop_reason=str(item.payload.get("reason", "Local")),
+                    started_at=session.started,
+                    stopped_at=str(item.payload["timestamp"]),
                 )
             )
-            self.stats.sessions_active -= 1
 
     async def _status(self, connector: Connector, status: str, error_code: str = "NoError") -> None:
         connector.status = status
@@ -613,7 +710,8 @@ class SimulatedChargePoint:
         }
         if error_code != "NoError":
             payload["vendorErrorCode"] = f"E{self.rng.randrange(100, 999)}"
-        await self._call("StatusNotification", payload)
+        if await self._call("StatusNotification", payload) is None and not self._online:
+            self._status_dirty = True  # told again after the reconnect (BootNotification)
 
     # sessions ---------------------------------------------------------------------------------
 
@@ -671,7 +769,6 @@ class SimulatedChargePoint:
         )
         connector.session = session
         connector.busy = False
-        self.stats.sessions_active += 1
         payload: dict[str, Any] = {
             "connectorId": connector.id,
             "idTag": tag,
@@ -807,8 +904,10 @@ class SimulatedChargePoint:
         self.stats.received[action] += 1
         method = getattr(self, f"_on_{action}", None)
         if method is None:
+            self.stats.replied[f"{action}: NotImplemented"] += 1
             raise CallErrorReceived(action, "NotImplemented", f"{action} is not implemented")
         result: dict[str, Any] = method(payload)
+        self.stats.replied[f"{action}: {result.get('status', 'answered')}"] += 1
         self.wake.set()
         return result
 
@@ -1067,6 +1166,21 @@ class SimulatedChargePoint:
                     payload["transactionId"] = session.transaction_id
                 if await self._call("MeterValues", payload) is not None:
                     self.stats.sampled_values_stored += len(values)
+                    if session is not None:
+                        _note_reading(session, payload)
+
+
+def _note_reading(session: Session, payload: dict[str, Any]) -> None:
+    """Remember the energy register and power of an acknowledged MeterValues."""
+    for meter_value in payload["meterValue"]:
+        for sample in meter_value["sampledValue"]:
+            if sample.get("phase"):
+                continue
+            measurand = sample.get("measurand")
+            if measurand == "Energy.Active.Import.Register":
+                session.last_register = int(sample["value"])
+            elif measurand == "Power.Active.Import":
+                session.last_power = float(sample["value"])
 
 
 def _replace_interval(config: SimConfig, interval: float) -> SimConfig:

@@ -47,10 +47,15 @@ class Fleet:
         ramp: float = 0.0,
         progress: Callable[[Fleet], None] | None = None,
         progress_interval: float = 1.0,
+        hold: bool = False,
     ) -> dict[str, Any]:
         """Run every charge point for ``duration`` seconds (connections spread over ``ramp``
         seconds so a fleet start is not a connection storm unless asked for), then return the
-        summary."""
+        summary.
+
+        With ``hold``, the charge points hold still after ``duration`` (see
+        :meth:`SimulatedChargePoint.run`) until :meth:`stop`: wait for :meth:`settled`, compare
+        :meth:`snapshot` with what the central system shows, then ``stop()``."""
         loop = asyncio.get_running_loop()
         self.started = loop.time()
         deadline = self.started + duration
@@ -59,7 +64,7 @@ class Fleet:
         async def one(index: int, cp: SimulatedChargePoint) -> None:
             if ramp > 0 and count > 1:
                 await asyncio.sleep(ramp * index / count)
-            await cp.run(deadline)
+            await cp.run(deadline, hold=hold)
 
         reporter: asyncio.Task[None] | None = None
         if progress is not None:
@@ -91,6 +96,47 @@ class Fleet:
     def stop(self) -> None:
         for cp in self.charge_points:
             cp.stop()
+
+    def settled(self) -> bool:
+        """Every charge point holds still, online, with nothing left to tell the CSMS."""
+        return all(cp.settled for cp in self.charge_points)
+
+    async def wait_settled(self, timeout: float, poll: float = 0.2) -> bool:
+        """Wait until :meth:`settled` (after the run's duration, with ``hold``)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.settled():
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(poll)
+        return True
+
+    def figures(self) -> dict[str, Any]:
+        """The fleet as the dashboard counts it, from what the CSMS was told and acknowledged:
+        charge points connected, available (connected, charge point status Available: the
+        simulator always reports connector 0 Available), charging (a connector's last status
+        is Charging) and active sessions."""
+        online = [cp for cp in self.charge_points if cp.online]
+        return {
+            "total": len(self.charge_points),
+            "connected": len(online),
+            "available": len(online),
+            "charging": sum(
+                any(c.status == "Charging" for c in cp.connectors.values())
+                for cp in self.charge_points
+            ),
+            "active_sessions": self.stats.sessions_active,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The summary so far, the fleet figures, and every charge point's state."""
+        self.elapsed = asyncio.get_running_loop().time() - self.started
+        return {
+            **self.summary(),
+            "settled": self.settled(),
+            "figures": self.figures(),
+            "charge_point_state": {cp.identity: cp.snapshot() for cp in self.charge_points},
+        }
 
     async def _report(self, progress: Callable[[Fleet], None], interval: float) -> None:
         while True:

@@ -34,9 +34,11 @@ __all__ = [
     "connect_fleet",
     "fanout_latency",
     "idle_connections",
+    "open_fds",
     "percentiles",
     "process_cpu_seconds",
     "process_rss_bytes",
+    "sockets_per_process",
     "storm",
     "throughput",
 ]
@@ -130,8 +132,8 @@ class CpuWindow:
 # connecting ----------------------------------------------------------------------
 
 
-async def _boot(sock: OcppSocket) -> None:
-    result = await sock.call("BootNotification", BOOT, timeout=60)
+async def _boot(sock: OcppSocket, timeout: float = 60.0) -> None:
+    result = await sock.call("BootNotification", BOOT, timeout=timeout)
     if result.get("status") != "Accepted":
         raise HandshakeRejected(0, f"BootNotification {result.get('status')}")
 
@@ -279,6 +281,111 @@ async def throughput(
     }
 
 
+FD_MARGIN = 100  # descriptors a process keeps for itself beside its sockets
+
+
+def sockets_per_process() -> int:
+    """How many sockets this process (and a load-generator worker it spawns) may open."""
+    return max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_MARGIN)
+
+
+def open_fds(pid: int) -> int | None:
+    """Descriptors ``pid`` holds (``None`` if /proc does not say)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+async def _connect_idle(
+    url: str,
+    identities: Sequence[str],
+    *,
+    concurrency: int,
+    local_addresses: Sequence[str],
+) -> tuple[list[OcppSocket], dict[str, int]]:
+    """Connect, boot and send one Heartbeat each (what an idle charge point has done)."""
+    sockets, failures = await connect_fleet(
+        url, identities, concurrency=concurrency, local_addresses=local_addresses
+    )
+    answers = await asyncio.gather(
+        *(sock.call("Heartbeat", {}, timeout=60) for sock in sockets), return_exceptions=True
+    )
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            kind = f"Heartbeat {type(answer).__name__}"
+            failures[kind] = failures.get(kind, 0) + 1
+    return sockets, failures
+
+
+def _idle_worker(pipe: Any, url: str, local_addresses: Sequence[str], concurrency: int) -> None:
+    """A load-generator process holding its share of the idle fleet (one process may open only
+    as many sockets as its fd limit allows). Commands over ``pipe``: ``("connect", ids)``,
+    ``("held", None)``, ``("close", None)``."""
+
+    async def serve() -> None:
+        sockets: list[OcppSocket] = []
+        while True:
+            command, argument = await asyncio.to_thread(pipe.recv)
+            if command == "connect":
+                cpu = process_cpu_seconds()
+                new, failures = await _connect_idle(
+                    url, argument, concurrency=concurrency, local_addresses=local_addresses
+                )
+                sockets += new
+                pipe.send(
+                    {
+                        "connected": len(new),
+                        "failures": failures,
+                        "cpu_s": process_cpu_seconds() - cpu,
+                    }
+                )
+            elif command == "held":
+                pipe.send(sum(1 for sock in sockets if sock.is_open))
+            else:
+                await close_all(sockets)
+                pipe.send(None)
+                return
+
+    asyncio.run(serve())
+
+
+class _IdleWorkers:
+    """Load-generator processes, each holding up to ``capacity`` idle sockets."""
+
+    def __init__(
+        self, url: str, count: int, local_addresses: Sequence[str], concurrency: int
+    ) -> None:
+        import multiprocessing
+
+        # spawn, not fork: the parent runs an event loop.
+        context = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.processes = []
+        for _ in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_idle_worker,
+                args=(child, url, tuple(local_addresses), concurrency),
+                daemon=True,
+            )
+            process.start()
+            self.pipes.append(parent)
+            self.processes.append(process)
+
+    async def ask(self, commands: list[tuple[str, Any]]) -> list[Any]:
+        """Send one command to each worker at once and wait for every answer."""
+        for pipe, command in zip(self.pipes, commands, strict=True):
+            pipe.send(command)
+        return await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes))
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.join(15)
+            if process.is_alive():
+                process.kill()
+
+
 async def idle_connections(
     url: str,
     identities: Sequence[str],
@@ -286,26 +393,64 @@ async def idle_connections(
     server_pid: int,
     settle: float = 3.0,
     local_addresses: Sequence[str] = (),
+    per_process: int | None = None,
+    concurrency: int = 500,
 ) -> dict[str, Any]:
-    """Connect and boot everyone, then hold the sockets: how many stay up, RSS per connection."""
-    await asyncio.sleep(settle)
-    before = process_rss_bytes(server_pid)
-    started = time.perf_counter()
-    sockets, failures = await connect_fleet(
-        url, identities, concurrency=500, local_addresses=local_addresses
-    )
-    connect_s = time.perf_counter() - started
-    await asyncio.sleep(settle)
-    held = sum(1 for sock in sockets if sock.is_open)
-    after = process_rss_bytes(server_pid)
-    await close_all(sockets)
+    """Connect, boot and heartbeat everyone, then hold the sockets: how many stay up, and the
+    server's RSS growth per connection.
+
+    The fleet connects in two halves, the server's RSS read after each has settled: the figure
+    is (RSS with N held - RSS with none) / N, and the marginal cost of the second half is given
+    beside it (without the one-off costs the first connections pay). The sockets are spread over
+    load-generator processes of ``per_process`` sockets each (default: what the fd limit allows),
+    so the load generator's fd limit never caps the figure; the server's still does.
+    """
+    capacity = per_process or sockets_per_process()
+    count = max(1, -(-len(identities) // capacity))
+    shares = [list(identities[i * capacity : (i + 1) * capacity]) for i in range(count)]
+    half = len(identities) // 2
+    halves = (identities[:half], identities[half:])
+    workers = _IdleWorkers(url, count, local_addresses, max(1, concurrency // count))
+    failures: dict[str, int] = {}
+    loadgen_cpu = 0.0
+    try:
+        await asyncio.sleep(settle)
+        rss = [process_rss_bytes(server_pid)]
+        held_after: list[int] = []
+        started = time.perf_counter()
+        for part in halves:
+            wanted = set(part)
+            answers = await workers.ask(
+                [("connect", [i for i in share if i in wanted]) for share in shares]
+            )
+            for answer in answers:
+                loadgen_cpu += answer["cpu_s"]
+                for kind, n in answer["failures"].items():
+                    failures[kind] = failures.get(kind, 0) + n
+            await asyncio.sleep(settle)
+            rss.append(process_rss_bytes(server_pid))
+            held_after.append(sum(await workers.ask([("held", None)] * count)))
+        connect_s = time.perf_counter() - started - 2 * settle
+        server_fds = open_fds(server_pid)
+        held = held_after[-1]
+        await workers.ask([("close", None)] * count)
+    finally:
+        workers.stop()
+    before, middle, after = rss
+    second_half = held_after[1] - held_after[0]
     return {
         "requested": len(identities),
         "held": held,
+        "held_half": held_after[0],
+        "server_fds": server_fds,
+        "loadgen_processes": count,
         "connect_s": round(connect_s, 2),
+        "loadgen_cpu_s": round(loadgen_cpu, 2),
         "rss_before_mib": round(before / 2**20, 1),
+        "rss_half_mib": round(middle / 2**20, 1),
         "rss_after_mib": round(after / 2**20, 1),
         "kib_per_connection": round((after - before) / max(held, 1) / 1024, 2),
+        "kib_per_connection_marginal": round((after - middle) / max(second_half, 1) / 1024, 2),
         "connect_failures": failures,
     }
 
@@ -316,11 +461,17 @@ async def storm(
     *,
     timeout: float = 120.0,
     local_addresses: Sequence[str] = (),
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
-    """Everyone connects at the same moment: time until the last BootNotification is Accepted."""
+    """Everyone connects at the same moment: time until the last BootNotification is Accepted.
+
+    A refused or failed attempt (HTTP status, timeout, reset) is counted by kind and retried
+    after 0.5 s until ``timeout``; a figure with retries is not a clean storm.
+    """
     accepted: list[float] = []
     failures: dict[str, int] = {}
     sockets: list[OcppSocket] = []
+    window = CpuWindow(server_pid)
     started = time.perf_counter()
     deadline = started + timeout
 
@@ -329,9 +480,11 @@ async def storm(
         while time.perf_counter() < deadline:
             try:
                 sock = await connect(url, identity, local_addr=local, timeout=timeout)
-                await _boot(sock)
+                await _boot(sock, timeout)
             except (OSError, TimeoutError, HandshakeRejected, ConnectionLost) as error:
                 kind = type(error).__name__
+                if isinstance(error, HandshakeRejected):
+                    kind += f" {error.status}"
                 failures[kind] = failures.get(kind, 0) + 1
                 await asyncio.sleep(0.5)
                 continue
@@ -340,6 +493,7 @@ async def storm(
             return
 
     await asyncio.gather(*(one(i, identity) for i, identity in enumerate(identities)))
+    cpu = window.result()
     await close_all(sockets)
     accepted.sort()
     return {
@@ -347,7 +501,10 @@ async def storm(
         "accepted": len(accepted),
         "all_accepted_s": round(accepted[-1], 3) if len(accepted) == len(identities) else None,
         "p50_accepted_s": round(accepted[len(accepted) // 2], 3) if accepted else None,
+        "p99_accepted_s": round(accepted[int(len(accepted) * 0.99)], 3) if accepted else None,
+        "accepted_per_s": round(len(accepted) / accepted[-1], 1) if accepted else None,
         "retries": failures,
+        **cpu,
     }
 
 

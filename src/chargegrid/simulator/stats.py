@@ -20,6 +20,8 @@ class SessionRecord:
     meter_start: int
     meter_stop: int
     stop_reason: str
+    started_at: str = ""  # the timestamps the charge point sent (UTC, milliseconds)
+    stopped_at: str = ""
 
     @property
     def energy_wh(self) -> int:
@@ -35,6 +37,8 @@ class SessionRecord:
             "meter_stop": self.meter_stop,
             "energy_wh": self.energy_wh,
             "stop_reason": self.stop_reason,
+            "started_at": self.started_at,
+            "stopped_at": self.stopped_at,
         }
 
 
@@ -45,6 +49,7 @@ class FleetStats:
     sent: Counter[str] = field(default_factory=Counter)  # CALLs we sent, per action
     answered: Counter[str] = field(default_factory=Counter)  # their CALLRESULTs
     received: Counter[str] = field(default_factory=Counter)  # CSMS-initiated CALLs, per action
+    replied: Counter[str] = field(default_factory=Counter)  # our answers: "Action: status"
     call_errors: Counter[str] = field(default_factory=Counter)  # "Action: Code"
     timeouts: Counter[str] = field(default_factory=Counter)
     connect_failures: Counter[str] = field(default_factory=Counter)  # HTTP status or error kind
@@ -55,11 +60,11 @@ class FleetStats:
     disconnects: int = 0
     offline_periods: int = 0
     lost_acks: int = 0  # CALLs sent just before dropping the network (replayed later)
+    lost_ack_actions: Counter[str] = field(default_factory=Counter)  # the same, per action
     replayed: int = 0  # queued transaction messages sent after a reconnect
     dropped: int = 0  # queued messages given up (their StartTransaction was refused)
     faults: int = 0
-    sessions_started: int = 0
-    sessions_active: int = 0
+    sessions_started: int = 0  # StartTransactions the CSMS acknowledged
     sampled_values_stored: int = 0  # sampled values in acknowledged MeterValues/transactionData
     sessions: list[SessionRecord] = field(default_factory=list)
     energy_wh: dict[str, int] = field(default_factory=dict)
@@ -68,6 +73,12 @@ class FleetStats:
     @property
     def sessions_stopped(self) -> int:
         return len(self.sessions)
+
+    @property
+    def sessions_active(self) -> int:
+        """Sessions the CSMS knows as started and not yet as stopped (acknowledged messages
+        only, so this is what the CSMS should count as active)."""
+        return self.sessions_started - self.sessions_stopped
 
     @property
     def errors(self) -> int:
@@ -98,6 +109,7 @@ class FleetStats:
             "disconnects": self.disconnects,
             "offline_periods": self.offline_periods,
             "lost_acks": self.lost_acks,
+            "lost_ack_actions": dict(sorted(self.lost_ack_actions.items())),
             "replayed": self.replayed,
             "dropped": self.dropped,
             "faults": self.faults,
@@ -105,6 +117,7 @@ class FleetStats:
                 "sent": dict(sorted(self.sent.items())),
                 "answered": dict(sorted(self.answered.items())),
                 "received": dict(sorted(self.received.items())),
+                "replied": dict(sorted(self.replied.items())),
                 "total": self.messages,
             },
             "errors": {

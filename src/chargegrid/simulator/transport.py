@@ -14,7 +14,7 @@ import base64
 import contextlib
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import orjson
@@ -86,8 +86,9 @@ class OcppSocket(asyncio.Protocol):
     # asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's TCP transport has every method of asyncio.Transport
+        # but is no subclass of it (an assert here failed every connection under uvloop).
+        self.transport = cast(asyncio.Transport, transport)
         self._flush()
 
     def data_received(self, data: bytes) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, insert, select, update
+from sqlalchemy import Select, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chargegrid.store.tables import alert_rules, alerts, charge_points
@@ -25,8 +25,10 @@ RULE_FIELDS = (
     "enabled",
 )
 
-# Which alerts a state filter selects. "open": raised and not yet back in range.
-STATES = ("open", "resolved", "acknowledged")
+# The state filters: "open" (or "raised"): not yet back in range; "resolved"; and, kept for
+# clients of the time when acknowledging changed the state, "acknowledged" (= acknowledged=True).
+# Acknowledgement is its own filter: an acknowledged alert is still open until it resolves.
+STATES = ("open", "raised", "resolved", "acknowledged")
 
 
 async def rules(connection: AsyncConnection) -> list[dict[str, Any]]:
@@ -111,12 +113,26 @@ async def add_alert(connection: AsyncConnection, values: dict[str, Any]) -> int:
 
 async def resolve_alert(
     connection: AsyncConnection, alert_id: int, *, at: datetime, value: float
-) -> None:
+) -> dict[str, Any]:
+    """Mark resolved; returns its acknowledgement (``acknowledged_at``, ``acknowledged_by``),
+    which an operator may have given on any node since it was raised."""
     await connection.execute(
         update(alerts)
         .where(alerts.c.id == alert_id, alerts.c.resolved_at.is_(None))
         .values(resolved_at=at, resolved_value=value)
     )
+    row = (
+        (
+            await connection.execute(
+                select(alerts.c.acknowledged_at, alerts.c.acknowledged_by).where(
+                    alerts.c.id == alert_id
+                )
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row is not None else {}
 
 
 async def acknowledge(connection: AsyncConnection, alert_id: int, *, by: str, at: datetime) -> bool:
@@ -131,18 +147,23 @@ async def acknowledge(connection: AsyncConnection, alert_id: int, *, by: str, at
     return await connection.scalar(select(alerts.c.id).where(alerts.c.id == alert_id)) is not None
 
 
-def query(state: str | None = None) -> Select[Any]:
-    """Alerts with their charge point's identity, newest first, filtered by ``state``."""
+def query(state: str | None = None, acknowledged: bool | None = None) -> Select[Any]:
+    """Alerts with their charge point's identity, newest first, filtered by ``state`` (one of
+    :data:`STATES`) and by whether they were ``acknowledged``."""
     a = alerts.c
     statement = select(alerts, charge_points.c.identity).join(
         charge_points, charge_points.c.id == a.charge_point_id
     )
-    if state == "open":
+    if state in ("open", "raised"):
         statement = statement.where(a.resolved_at.is_(None))
     elif state == "resolved":
-        statement = statement.where(and_(a.resolved_at.is_not(None), a.acknowledged_at.is_(None)))
+        statement = statement.where(a.resolved_at.is_not(None))
     elif state == "acknowledged":
         statement = statement.where(a.acknowledged_at.is_not(None))
+    if acknowledged is not None:
+        statement = statement.where(
+            a.acknowledged_at.is_not(None) if acknowledged else a.acknowledged_at.is_(None)
+        )
     return statement.order_by(a.raised_at.desc(), a.id.desc())
 
 

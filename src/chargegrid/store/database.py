@@ -10,18 +10,41 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 
-def create_engine(database_url: str, *, sqlite_synchronous: str = "FULL") -> AsyncEngine:
+def create_engine(
+    database_url: str,
+    *,
+    sqlite_synchronous: str = "FULL",
+    connect_timeout: float | None = None,
+    statement_timeout: float | None = None,
+) -> AsyncEngine:
     """An async engine for ``database_url``, configured for many short write transactions.
 
     SQLite: WAL so readers never block the writer, a busy timeout instead of instant
     ``database is locked`` errors, foreign keys on, and ``synchronous`` as configured (FULL keeps
     an acknowledged write even across a power cut; NORMAL only across a process crash).
+
+    PostgreSQL: ``connect_timeout`` and ``statement_timeout`` (seconds, asyncpg's ``timeout`` and
+    ``command_timeout``) bound a database that stops answering without closing its sockets;
+    without them a commit waits forever and so does every charge point behind it. A statement
+    cut short fails its batch: the charge points get a CALLERROR and retry, and a retry of a
+    commit that did land is de-duplicated (guarantee 2).
     """
     if database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, connect_args={"timeout": 30})
         _configure_sqlite(engine, sqlite_synchronous)
         return engine
-    return create_async_engine(database_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    connect_args: dict[str, Any] = {}
+    if connect_timeout is not None:
+        connect_args["timeout"] = connect_timeout
+    if statement_timeout is not None:
+        connect_args["command_timeout"] = statement_timeout
+    return create_async_engine(
+        database_url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:

@@ -46,6 +46,10 @@ class RowSink(Protocol):
         """That unit's savepoint was rolled back."""
         ...
 
+    async def finish(self, connection: AsyncConnection, *, final: bool) -> None:
+        """The batch's last statements, after every unit (``final``: the writer is stopping)."""
+        ...
+
     def committed(self) -> None: ...
 
     def failed(self) -> None: ...
@@ -116,6 +120,24 @@ class GroupCommitter:
         if self._task is not None:
             await self._task
             self._task = None
+            await self._finish_sinks()
+
+    async def _finish_sinks(self) -> None:
+        """One last transaction for what sinks still hold (deferred rollups), when the final
+        batch had nothing else to commit. A failure leaves it to the sink's recovery."""
+        if not self.sinks:
+            return
+        try:
+            async with self._engine.begin() as connection:
+                for sink in self.sinks.values():
+                    await sink.finish(connection, final=True)
+        except Exception as error:
+            for sink in self.sinks.values():
+                sink.failed()
+            log.error("final write of the writer's sinks failed: %s", error)
+            return
+        for sink in self.sinks.values():
+            sink.committed()
 
     async def insert(self, statement: Insert, rows: list[dict[str, Any]]) -> None:
         """Insert ``rows`` with ``statement`` in the next batch; return once committed."""
@@ -182,12 +204,18 @@ class GroupCommitter:
             self._full.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        cut_at = loop.time()
         while True:
             await self._wake.wait()
-            if not self._closing and self._batch.items < self._max_items:
-                # Let the batch fill for one interval, or until it is full.
+            # Let the batch fill until one interval after the previous cut, or until it is full.
+            # Under load the previous commit took longer than that: this batch filled meanwhile
+            # and goes at once, instead of adding an interval to every commit cycle.
+            remaining = self._interval - (loop.time() - cut_at)
+            if not self._closing and self._batch.items < self._max_items and remaining > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self._interval)
+                    await asyncio.wait_for(self._full.wait(), remaining)
+            cut_at = loop.time()
             batch, self._batch = self._batch, _Batch()
             self._wake.clear()
             self._full.clear()
@@ -217,6 +245,8 @@ class GroupCommitter:
                         results.append((future, False, error))
                         for sink, mark in zip(sinks, marks, strict=True):
                             sink.rolled_back(mark)
+                for sink in sinks:
+                    await sink.finish(connection, final=self._closing)
         except Exception as error:
             for sink in self.sinks.values():
                 sink.failed()

@@ -20,11 +20,12 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chargegrid.store.tables import meter_rollups, meter_values
+from chargegrid.store.tables import charge_points, meter_rollups, meter_values, rollup_watermark
 
 HOUR = "hour"
 DAY = "day"
@@ -157,14 +158,18 @@ async def register_window(
 
 
 async def previous_reading(
-    connection: AsyncConnection, series: SeriesKey, before: datetime
+    connection: AsyncConnection, series: SeriesKey, before: datetime, *, up_to: int | None = None
 ) -> Reading | None:
-    """The series' last reading strictly before ``before`` (a rebuild's starting point)."""
+    """The series' last reading strictly before ``before`` (a rebuild's starting point), among
+    values with an id up to ``up_to`` if given."""
     mv = meter_values.c
+    where = _series_filter(series)
+    if up_to is not None:
+        where.append(mv.id <= up_to)
     row = (
         await connection.execute(
             select(mv.timestamp, mv.value)
-            .where(*_series_filter(series), mv.timestamp < before)
+            .where(*where, mv.timestamp < before)
             .order_by(mv.timestamp.desc(), mv.value.desc())
             .limit(1)
         )
@@ -173,14 +178,23 @@ async def previous_reading(
 
 
 async def raw_rows(
-    connection: AsyncConnection, since: datetime, until: datetime, *, batch: int = 5000
+    connection: AsyncConnection,
+    since: datetime,
+    until: datetime,
+    *,
+    batch: int = 5000,
+    up_to: int | None = None,
 ) -> AsyncIterator[Sequence[Any]]:
-    """Raw values in ``[since, until)`` with a number, in series order then (timestamp, value);
-    streamed in batches from a server-side cursor. Columns as :data:`RETURNED`."""
+    """Raw values in ``[since, until)`` with a number (and an id up to ``up_to`` if given), in
+    series order then (timestamp, value); streamed in batches from a server-side cursor.
+    Columns as :data:`RETURNED`."""
     mv = meter_values.c
+    where = [mv.timestamp >= since, mv.timestamp < until, mv.value.is_not(None)]
+    if up_to is not None:
+        where.append(mv.id <= up_to)
     query = (
         select(*RETURNED)
-        .where(mv.timestamp >= since, mv.timestamp < until, mv.value.is_not(None))
+        .where(*where)
         .order_by(
             mv.charge_point_id,
             mv.connector_id,
@@ -250,3 +264,41 @@ async def read(
 async def read_all(connection: AsyncConnection) -> list[Any]:
     """Every rollup row (tests compare them to a recompute)."""
     return list((await connection.execute(select(meter_rollups))).mappings())
+
+
+async def watermark(connection: AsyncConnection) -> int:
+    """The id up to which every meter value is counted in the rollups (SQLite's deferred
+    merging, metering/rollups.py)."""
+    value = await connection.scalar(select(rollup_watermark.c.raw_id))
+    return int(value or 0)
+
+
+async def advance_watermark(connection: AsyncConnection) -> int:
+    """Every meter value stored so far is counted: called in the transaction that merged the
+    last of them. Returns the new watermark."""
+    latest = select(func.coalesce(func.max(meter_values.c.id), 0)).scalar_subquery()
+    value = await connection.scalar(
+        update(rollup_watermark).values(raw_id=latest).returning(rollup_watermark.c.raw_id)
+    )
+    if value is None:  # the row is gone (a test emptied the table): start it again
+        value = await connection.scalar(
+            rollup_watermark.insert()
+            .values(id=1, raw_id=latest)
+            .returning(rollup_watermark.c.raw_id)
+        )
+    return int(value or 0)
+
+
+async def uncounted(connection: AsyncConnection, after: int) -> list[Sequence[Any]]:
+    """Meter values with an id above ``after`` (shaped as :data:`RETURNED`), in id order."""
+    mv = meter_values.c
+    query = select(*RETURNED).where(mv.id > after).order_by(mv.id)
+    return list((await connection.execute(query)).all())
+
+
+async def existing_charge_points(connection: AsyncConnection, ids: set[int]) -> set[int]:
+    """Which of ``ids`` still exist (a removed charge point's rollups went with it)."""
+    query = select(charge_points.c.id)
+    if len(ids) <= 10_000:  # far below SQLite's variable limit; else read them all
+        query = query.where(charge_points.c.id.in_(ids))
+    return set((await connection.execute(query)).scalars())

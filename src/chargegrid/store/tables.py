@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Float,
     ForeignKey,
@@ -394,6 +396,17 @@ meter_rollups = Table(
     # each reading in it the step from the series' previous reading (CONFORMANCE M8).
     Column("energy", Float),
     Index("ix_meter_rollups_resolution_bucket", "resolution", "bucket"),
+)
+
+# SQLite only (metering/rollups.py, "Deferred merging"): every meter value with an id up to
+# ``raw_id`` is counted in meter_rollups; later ones are still in the writer's memory and are
+# recounted from raw after a crash. One row.
+rollup_watermark = Table(
+    "rollup_watermark",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("raw_id", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="ck_rollup_watermark_one_row"),
 )
 
 alert_rules = Table(

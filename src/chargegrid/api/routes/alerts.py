@@ -1,8 +1,8 @@
 """Alerts and alert rules (issue 4).
 
-Alerts: listed by viewers (filtered by state and charge point, only visible charge points),
-acknowledged by operators. Rules: read by viewers, created, changed and deleted by admins; the
-node re-reads them at once.
+Alerts: listed by viewers (filtered by state, acknowledgement and charge point, only visible
+charge points), acknowledged by operators. Rules: read by viewers, created, changed and deleted
+by admins; the node re-reads them at once and tells the other nodes to (after the commit).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 from ocpp.v16.enums import Measurand
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from chargegrid.api.deps import Admin, Node, Operator, Viewer, visible_charge_point_id
 from chargegrid.api.pagination import Limit, Offset, Refusal, visible
-from chargegrid.metering.alerts import RuleSpec, alert_payload
+from chargegrid.metering.alert_rules import RuleSpec
+from chargegrid.metering.alerts import alert_payload
 from chargegrid.store import alerts as alert_store
 from chargegrid.store.tables import alerts
 
@@ -26,8 +27,34 @@ router = APIRouter(prefix="/api/v1", tags=["alerts"])
 KNOWN_MEASURANDS = frozenset(m.value for m in Measurand)
 
 
+class AlertOut(BaseModel):
+    """An alert. The condition (``state``) and the acknowledgement are separate facts."""
+
+    id: int
+    charge_point: str
+    connector_id: int
+    session_id: int | None
+    rule: dict[str, Any] = Field(description="{id, name}; id is null once the rule is deleted")
+    measurand: str
+    phase: str | None = Field(description="null: the value had no phase, or is a sum of phases")
+    severity: str
+    value: float = Field(description="the value that raised it, in base units")
+    unit: str
+    value_at: str
+    message: str
+    state: Literal["raised", "resolved"] = Field(
+        description="raised: not back in range yet (acknowledged or not); resolved: back in range"
+    )
+    raised_at: str
+    resolved_at: str | None
+    resolved_value: float | None
+    acknowledged: bool = Field(description="an operator acknowledged it; the state is unchanged")
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+
+
 class AlertPage(BaseModel):
-    items: list[dict[str, Any]]
+    items: list[AlertOut]
     total: int
 
 
@@ -50,15 +77,23 @@ async def list_alerts(
     node: Node,
     principal: Viewer,
     state: Annotated[
-        Literal["open", "resolved", "acknowledged"] | None,
-        Query(description="open: raised, not back in range; resolved; acknowledged"),
+        Literal["open", "raised", "resolved", "acknowledged"] | None,
+        Query(
+            description="open (or raised): not back in range, acknowledged or not; resolved; "
+            "acknowledged: deprecated, the same as acknowledged=true"
+        ),
+    ] = None,
+    acknowledged: Annotated[
+        bool | None, Query(description="only acknowledged (true) or unacknowledged (false)")
     ] = None,
     charge_point: Annotated[str | None, Query(description="a charge point identity")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> AlertPage:
-    """Alerts, newest first."""
-    query = alert_store.query(state).where(visible(principal, alerts.c.charge_point_id))
+    """Alerts, newest first. What still needs someone: ``state=open&acknowledged=false``."""
+    query = alert_store.query(state, acknowledged).where(
+        visible(principal, alerts.c.charge_point_id)
+    )
     if charge_point is not None:
         cp_id = await visible_charge_point_id(node, principal, charge_point)
         query = query.where(alerts.c.charge_point_id == cp_id)
@@ -68,7 +103,8 @@ async def list_alerts(
         )
         rows = list((await connection.execute(query.limit(limit).offset(offset))).mappings())
     return AlertPage(
-        items=[alert_payload(dict(r), r["identity"], None) for r in rows], total=int(total or 0)
+        items=[AlertOut.model_validate(alert_payload(dict(r), r["identity"], None)) for r in rows],
+        total=int(total or 0),
     )
 
 
@@ -80,21 +116,22 @@ async def _visible_alert(node: Any, principal: Any, alert_id: int) -> dict[str, 
     return row
 
 
-@router.get("/alerts/{alert_id}")
+@router.get("/alerts/{alert_id}", response_model=AlertOut)
 async def get_alert(alert_id: int, node: Node, principal: Viewer) -> dict[str, Any]:
     row = await _visible_alert(node, principal, alert_id)
     return alert_payload(row, row["identity"], None)
 
 
-@router.post("/alerts/{alert_id}/acknowledge")
+@router.post("/alerts/{alert_id}/acknowledge", response_model=AlertOut)
 async def acknowledge_alert(alert_id: int, node: Node, principal: Operator) -> dict[str, Any]:
-    """Acknowledge an alert (raised or resolved); a second acknowledgement keeps the first."""
+    """Acknowledge an alert (raised or resolved); a second acknowledgement keeps the first.
+    Its ``state`` does not change: a raised alert stays raised until it is back in range."""
     await _visible_alert(node, principal, alert_id)
     now = node.clock.now()
     username = principal.user.username
     await node.writer.run(lambda c: alert_store.acknowledge(c, alert_id, by=username, at=now))
     row = await _visible_alert(node, principal, alert_id)
-    await node.alerts.publish(row, None)
+    await node.alerts.publish(row, None, "acknowledged")
     return alert_payload(row, row["identity"], None)
 
 
@@ -116,7 +153,7 @@ async def create_rule(spec: RuleSpec, node: Node, principal: Admin) -> RuleOut:
         return await alert_store.rule(connection, rule_id)
 
     row = await _run(node, unit)
-    await node.alerts.reload()
+    await node.alerts.rules_changed()
     assert row is not None
     return _rule_out(row)
 
@@ -141,7 +178,7 @@ async def replace_rule(rule_id: int, spec: RuleSpec, node: Node, principal: Admi
         return await alert_store.rule(connection, rule_id)
 
     row = await _run(node, unit)
-    await node.alerts.reload()
+    await node.alerts.rules_changed()
     assert row is not None
     return _rule_out(row)
 
@@ -153,7 +190,7 @@ async def delete_rule(rule_id: int, node: Node, principal: Admin) -> None:
             raise Refusal(404, f"no alert rule {rule_id}")
 
     await _run(node, unit)
-    await node.alerts.reload()
+    await node.alerts.rules_changed()
 
 
 async def _run(node: Any, unit: Any) -> Any:

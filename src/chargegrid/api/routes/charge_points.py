@@ -198,7 +198,10 @@ class ChargePointCreate(BaseModel):
     auth_key: str | None = Field(
         default=None, description="AuthorizationKey (16-40 characters); needed for profiles 1, 2."
     )
-    security_profile: int = Field(default=0, description="0, 1 (Basic auth) or 2 (TLS + Basic).")
+    security_profile: int = Field(
+        default=0,
+        description="0, 1 (Basic auth), 2 (TLS + Basic) or 3 (TLS with a client certificate).",
+    )
     registration_status: str = Field(
         default="Accepted",
         description="How its BootNotification is answered: "

@@ -3,7 +3,9 @@
 ``GET /charge-points/{identity}/history`` answers a range query from raw values, hourly or daily
 rollups, picked by the span asked for (and by what retention still keeps), so a 30-day chart
 reads ~720 hourly rows per series instead of hundreds of thousands of raw ones. The live-stats
-routes show what this node holds in memory for the charge points connected to it.
+routes show the in-memory figures of the node holding the charge point: on one node its own; with
+several, this node's for the charge points it holds and the others' from Redis
+(``cluster.live_stats``), or 503 if Redis cannot be asked.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import select
 from chargegrid.api.deps import Node, Viewer, visible_charge_point_id
 from chargegrid.api.pagination import SessionId, TimeParam, check_range, iso, parse_time
 from chargegrid.api.routes.sessions import visible_session
+from chargegrid.cluster.link import ClusterUnavailable
 from chargegrid.store import rollups as rollup_store
 from chargegrid.store.queries import MEASURANDS, measurand_name
 from chargegrid.store.tables import meter_values
@@ -85,6 +88,8 @@ async def charge_point_history(
     used = pick_resolution(node.settings, now, since_at, until_at, resolution)
     series: dict[tuple[int, str, str], dict[str, Any]] = {}
     truncated = False
+    if used != "raw":
+        await node.rollups.settle(node.writer)  # read what was just committed, too
     async with node.engine.connect() as connection:
         if used == "raw":
             mv = meter_values.c
@@ -150,21 +155,50 @@ def _floor(at: datetime, resolution: str) -> datetime:
     return hour if resolution == rollup_store.HOUR else hour.replace(hour=0)
 
 
-@router.get("/charge-points/{identity}/live-stats", response_model=None)
+UNREACHABLE: dict[int | str, dict[str, Any]] = {
+    503: {"description": "several nodes: another node holds the charge point and Redis, where "
+          "its figures are kept, cannot be asked"}
+}  # fmt: skip
+
+
+def _unreachable(identity: str, error: ClusterUnavailable) -> HTTPException:
+    return HTTPException(
+        503, f"live statistics of {identity} are kept by the node holding it, and {error}"
+    )
+
+
+@router.get("/charge-points/{identity}/live-stats", response_model=None, responses=UNREACHABLE)
 async def charge_point_live_stats(identity: str, node: Node, principal: Viewer) -> Response:
     """Live statistics per connector (latest value per measurand and phase, min/max/avg/count
-    since seen and over the rolling window, current power, the session), from this node."""
+    since seen and over the rolling window, current power, the session), from the node holding
+    the charge point. With several nodes the body also has ``node`` and ``updated_at``."""
     cp_id = await visible_charge_point_id(node, principal, identity)
-    body = {"charge_point": identity, **node.live_stats.for_charge_point(cp_id)}
+    mirror = node.live_stats_mirror
+    if mirror is None:
+        body = {"charge_point": identity, **node.live_stats.for_charge_point(cp_id)}
+    else:
+        try:
+            body = await mirror.charge_point(identity, cp_id)
+        except ClusterUnavailable as error:
+            raise _unreachable(identity, error) from error
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.get("/sessions/{session_id}/live-stats", response_model=None)
+@router.get("/sessions/{session_id}/live-stats", response_model=None, responses=UNREACHABLE)
 async def session_live_stats(session_id: SessionId, node: Node, principal: Viewer) -> Response:
     """A session's live statistics: energy so far (reset-aware), power, duration, per-measurand
-    statistics. 404 if this node has seen no value of it."""
-    await visible_session(node, principal, session_id)
-    stats = node.live_stats.for_session(session_id)
+    statistics. 404 if no node (one node: this node) has seen a value of it."""
+    row = await visible_session(node, principal, session_id)
+    mirror = node.live_stats_mirror
+    if mirror is None:
+        stats = node.live_stats.for_session(session_id)
+        where = "on this node"
+    else:
+        try:
+            stats = await mirror.session(session_id, str(row["identity"]))
+        except ClusterUnavailable as error:
+            raise _unreachable(str(row["identity"]), error) from error
+        where = "on any node"
     if stats is None:
-        raise HTTPException(404, f"no live statistics for session {session_id} on this node")
+        raise HTTPException(404, f"no live statistics for session {session_id} {where}")
     return Response(orjson.dumps(stats), media_type="application/json")

@@ -202,23 +202,58 @@
 
     function card(identity) { return Object.prototype.hasOwnProperty.call(cards, identity) ? cards[identity] : null; }
 
+    // Fleet events carry the charge point in the envelope; a session event names it in the
+    // session as well, which is used should the envelope's be missing.
+    function cardOf(envelope, data) {
+      return card((envelope && envelope.charge_point) || (data && data.charge_point) || null);
+    }
+
     function setSession(node, session) {
       var cell = $('[data-role="session"]', node);
       cell.textContent = "";
       if (session) {
         node.setAttribute("data-session", String(session.id));
-        node.setAttribute("data-meter-start", String(session.meter_start));
+        node.setAttribute("data-meter-start", session.meter_start == null ? "" : String(session.meter_start));
         cell.textContent = "#" + session.id + " · connector " + session.connector_id + " · " + session.id_tag;
       } else {
         node.removeAttribute("data-session");
+        node.removeAttribute("data-meter-start");
         cell.appendChild(el("span", { className: "muted", text: "none" }));
       }
+    }
+
+    // A charge point's power is the sum over its connectors: the latest reading of each, until
+    // the connector's session ends.
+    var powers = {};
+    function showPower(identity) {
+      var node = card(identity);
+      var byConnector = powers[identity] || {};
+      var keys = Object.keys(byConnector);
+      if (!node) return;
+      if (!keys.length) { setText($('[data-role="power"]', node), "—"); return; }
+      var total = keys.reduce(function (sum, key) { return sum + byConnector[key]; }, 0);
+      setText($('[data-role="power"]', node), kw(total));
+    }
+
+    /** The charge point's current session (its most recently started open one), from the API:
+     *  after the shown session stopped while another goes on, or when the page lacks its
+     *  meter start. */
+    function loadCurrentSession(identity, onlyIf) {
+      var query = "?status=active&limit=1&charge_point=" + encodeURIComponent(identity);
+      api("GET", API + "/sessions" + query).then(function (result) {
+        var node = card(identity);
+        var current = result.data && result.data.items && result.data.items[0];
+        if (!node || !onlyIf(node)) return;
+        if (!current) return;
+        setSession(node, current);
+        setText($('[data-role="energy"]', node), kwh(current.energy_kwh != null ? current.energy_kwh : 0));
+      }, function () {});
     }
 
     live.subscribeToFleet({
       onStats: setStats,
       onStatusChange: function (data, envelope) {
-        var node = card(envelope.charge_point);
+        var node = cardOf(envelope, data);
         if (!node) return;
         if (data.connector_id === 0) {
           replaceBadge($(".cp-head", node), data.status);
@@ -234,21 +269,26 @@
         }
       },
       onConnection: function (data, envelope) {
-        var node = card(envelope.charge_point);
+        var node = cardOf(envelope, data);
         if (node) onlineBadge($(".cp-head", node), data.event !== "disconnected");
       },
       onSessionStarted: function (session, envelope) {
-        var node = card(envelope.charge_point);
+        var node = cardOf(envelope, session);
         if (!node) return;
         setSession(node, session);
         setText($('[data-role="energy"]', node), kwh(0));
       },
       onSessionStopped: function (session, envelope) {
-        var node = card(envelope.charge_point);
+        var node = cardOf(envelope, session);
         if (!node) return;
+        var identity = node.getAttribute("data-identity");
+        if (powers[identity]) delete powers[identity][session.connector_id];
+        showPower(identity);
+        if (node.getAttribute("data-session") !== String(session.id)) return;  // another connector's
         setSession(node, null);
         setText($('[data-role="energy"]', node), "last session " + kwh(session.energy_consumed));
-        setText($('[data-role="power"]', node), "—");
+        // Another connector may still be charging: show its session.
+        loadCurrentSession(identity, function (n) { return !n.hasAttribute("data-session"); });
       },
       onAlert: showAlert,
     });
@@ -256,14 +296,21 @@
     // Power and energy are per charge point streams; one socket carries them all.
     Object.keys(cards).forEach(function (identity) {
       var node = cards[identity];
+      var shown = node.getAttribute("data-session");
+      if (shown && !node.getAttribute("data-meter-start")) {
+        loadCurrentSession(identity, function (n) { return n.getAttribute("data-session") === shown; });
+      }
       live.subscribeToMeterValues(identity, {
         onPower: function (value) {
-          if (!value.phase) setText($('[data-role="power"]', node), kw(value.value));
+          if (value.phase || value.value == null) return;
+          var byConnector = powers[identity] || (powers[identity] = {});
+          byConnector[value.connector_id] = Number(value.value);
+          showPower(identity);
         },
         onEnergy: function (value) {
           var start = node.getAttribute("data-meter-start");
-          if (!node.hasAttribute("data-session") || start === null || start === "") return;
-          if (value.session_id != null && String(value.session_id) !== node.getAttribute("data-session")) return;
+          if (value.phase || !node.hasAttribute("data-session") || start === null || start === "") return;
+          if (value.session_id == null || String(value.session_id) !== node.getAttribute("data-session")) return;
           setText($('[data-role="energy"]', node), kwh((value.value - Number(start)) / 1000));
         },
       });

@@ -1,0 +1,127 @@
+"""SQLite's deferred rollup merging at its edges (metering/rollups.py, docs/metering.md).
+
+The property test in test_rollups.py covers arrival orders, crashes and rebuilds; these cover what
+it cannot generate: a charge point removed while its rollups wait in memory, and SQLite handing
+out again the ids of deleted top rows, which lie below the watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from test_rollups import BASE, ENERGY, POWER, row, stored_vs_recomputed
+
+from chargegrid import admin
+from chargegrid.metering.rollups import RollupMaintainer, rebuild
+from chargegrid.store import rollups as rollup_store
+from chargegrid.store.database import create_engine, writing
+from chargegrid.store.group_commit import GroupCommitter
+from chargegrid.store.migrate import upgrade
+from chargegrid.store.tables import charge_points, meter_values
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'deferred.db'}")
+    await upgrade(engine)
+    async with writing(engine).begin() as connection:
+        for identity in ("CPA", "CPB"):
+            await admin.add_charge_point(connection, identity, now=BASE, hash_iterations=1000)
+    yield engine
+    await engine.dispose()
+
+
+async def running(engine: AsyncEngine) -> tuple[GroupCommitter, RollupMaintainer]:
+    writer = GroupCommitter(engine, interval=0.001)
+    sink = RollupMaintainer("sqlite", merge_interval=60.0)  # merged only when asked
+    writer.sinks[sink.insert] = sink
+    await sink.recover(engine)
+    await writer.start()
+    return writer, sink
+
+
+async def cp_id(engine: AsyncEngine, identity: str) -> int:
+    async with engine.connect() as connection:
+        value = await connection.scalar(
+            select(charge_points.c.id).where(charge_points.c.identity == identity)
+        )
+    assert value is not None
+    return int(value)
+
+
+async def assert_exact(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        stored, expected = await stored_vs_recomputed(connection)
+    assert stored == expected
+    assert stored
+
+
+async def test_values_wait_in_memory_until_a_merge_and_count_once(engine: AsyncEngine) -> None:
+    a = await cp_id(engine, "CPA")
+    writer, sink = await running(engine)
+    try:
+        await writer.insert(sink.insert, [row(a, 1, m, ENERGY, 100.0 * m) for m in range(5)])
+        assert sink.uncounted
+        async with engine.connect() as connection:
+            assert await rollup_store.read_all(connection) == []  # not merged yet
+        await sink.settle(writer)
+        assert not sink.uncounted
+        await assert_exact(engine)
+        async with engine.connect() as connection:
+            top = await connection.scalar(select(func.max(meter_values.c.id)))
+            assert await rollup_store.watermark(connection) == top
+    finally:
+        await writer.stop()
+    await assert_exact(engine)
+
+
+async def test_a_charge_point_removed_while_its_rollups_wait(engine: AsyncEngine) -> None:
+    a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
+    writer, sink = await running(engine)
+    try:
+        await writer.insert(sink.insert, [row(b, 1, m, POWER, 7000.0) for m in range(3)])
+        await writer.insert(sink.insert, [row(a, 1, m, POWER, 11000.0) for m in range(3)])
+        async with writing(engine).begin() as connection:  # as the CLI or the API would
+            await connection.execute(delete(charge_points).where(charge_points.c.id == b))
+        await sink.settle(writer)  # B's rollups must not fail the merge on the foreign key
+        await writer.insert(sink.insert, [row(a, 1, 10, POWER, 11000.0)])  # still writing
+        await sink.settle(writer)
+    finally:
+        await writer.stop()
+    await assert_exact(engine)
+
+
+@pytest.mark.parametrize("then", ["crash", "rebuild"])
+async def test_reused_ids_below_the_watermark_are_counted_at_once(
+    engine: AsyncEngine, then: str
+) -> None:
+    """SQLite gives a new row max(id)+1: once the top rows are deleted, new rows get ids the
+    watermark already covers. They must be merged in their own batch, or a crash would lose
+    them (recovery counts only ids above the watermark) and a rebuild would count them twice
+    (it counts ids up to the watermark, and the merge would add them again)."""
+    a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
+    writer, sink = await running(engine)
+    try:
+        await writer.insert(sink.insert, [row(a, 1, m, ENERGY, 10.0 * m) for m in range(4)])
+        await writer.insert(sink.insert, [row(b, 1, m, ENERGY, 20.0 * m) for m in range(4)])
+        await sink.settle(writer)  # watermark: B's last value, the top id
+        async with writing(engine).begin() as connection:
+            await connection.execute(delete(charge_points).where(charge_points.c.id == b))
+        await writer.insert(sink.insert, [row(a, 1, 30 + m, ENERGY, 50.0 + m) for m in range(3)])
+        async with engine.connect() as connection:
+            reused = await connection.scalar(select(func.max(meter_values.c.id)))
+            assert reused is not None
+            assert reused <= await rollup_store.watermark(connection)  # the case at hand
+        if then == "rebuild":
+            await rebuild(engine, BASE, BASE.replace(day=BASE.day + 2))
+        else:  # the sink is dropped without a merge; the next start recovers
+            writer.sinks.clear()
+    finally:
+        await writer.stop()
+    writer, sink = await running(engine)
+    await writer.stop()
+    await assert_exact(engine)
