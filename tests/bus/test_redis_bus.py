@@ -172,6 +172,29 @@ async def test_a_subscriber_on_another_node_receives_and_nobody_gets_duplicates(
     assert await drain(on_b) == []
 
 
+async def test_a_local_publish_stays_on_its_node(nodes: Callable[..., Any]) -> None:
+    """Figures every node computes alike (fleet stats) go to this node's subscribers only."""
+    node_a: RedisBus = await nodes()
+    node_b: RedisBus = await nodes()
+    on_a = await node_a.subscribe(["fleet.stats"])
+    on_b = await node_b.subscribe(["fleet.stats"])
+    assert await eventually(lambda: node_a.has_subscribers("fleet.stats"), 2)
+    assert await eventually(lambda: node_b.has_subscribers("fleet.stats"), 2)
+    await node_a.publish("fleet.stats", {"from": "a"}, local=True)
+    await node_b.publish("fleet.stats", {"from": "b"}, local=True)
+    await node_a.publish("fleet.stats", {"from": "a, to all"})
+    assert [m["from"] for _c, m in [await next_message(aiter(on_a)) for _ in range(2)]] == [
+        "a",
+        "a, to all",
+    ]
+    messages_b = aiter(on_b)
+    got_b = [(await next_message(messages_b))[1]["from"] for _ in range(2)]
+    assert sorted(got_b) == ["a, to all", "b"]
+    await asyncio.sleep(0.3)
+    assert await drain(on_a) == []
+    assert await drain(on_b) == []
+
+
 async def test_has_subscribers_turns_true_by_announcement_without_waiting_for_refresh(
     nodes: Callable[..., Any],
 ) -> None:

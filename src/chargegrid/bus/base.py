@@ -43,7 +43,10 @@ class Bus(Protocol):
         of True; a False must be right (for Redis: nobody on any node listens)."""
         ...
 
-    async def publish(self, channel: str, message: dict[str, Any]) -> None: ...
+    async def publish(self, channel: str, message: dict[str, Any], *, local: bool = False) -> None:
+        """Deliver ``message`` to the channel's subscribers on every node, or with ``local``
+        only to this node's (figures every node computes alike, such as the fleet stats)."""
+        ...
 
     async def subscribe(
         self, channels: Iterable[str], *, max_pending: int = 1000

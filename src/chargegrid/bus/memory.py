@@ -49,7 +49,7 @@ class MemoryBus:
     def has_subscribers(self, channel: str) -> bool:
         return bool(self._subscribers.get(channel))
 
-    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+    async def publish(self, channel: str, message: dict[str, Any], *, local: bool = False) -> None:
         for subscription in tuple(self._subscribers.get(channel, ())):
             subscription.offer(channel, message)
 

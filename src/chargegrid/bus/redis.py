@@ -236,9 +236,11 @@ class RedisBus:
     def has_subscribers(self, channel: str) -> bool:
         return channel in self._local or channel in self._cluster
 
-    async def publish(self, channel: str, message: dict[str, Any]) -> None:
+    async def publish(self, channel: str, message: dict[str, Any], *, local: bool = False) -> None:
         for subscription in tuple(self._local.get(channel, ())):
             subscription.offer(channel, message)
+        if local:
+            return
         # Nobody elsewhere within the documented bound: skip Redis (publishers often call us
         # for a pair of channels of which only one is listened to).
         if not self._running or channel not in self._cluster:

@@ -52,7 +52,9 @@ class StatsPublisher:
                 continue
             if figures != self._last:
                 self._last = figures
-                await self._bus.publish(channel, figures)
+                # Every node computes the same fleet-wide figures from the database: each tells
+                # its own subscribers, or with several nodes everyone would get each one twice.
+                await self._bus.publish(channel, figures, local=True)
 
 
 class Mirror(Protocol):
