@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chargegrid.config import Settings
 from chargegrid.store import users as user_store
+from outage_proxy import Proxy
 from support import PostgresDatabases, RunningServer, charge_point, now_iso
 from support import running_server as serve
 
@@ -177,70 +177,6 @@ async def test_a_rule_changed_through_node_a_takes_effect_on_node_b(
             await soc(cp, 1)
             await asyncio.sleep(0.5)
             assert len(await alerts_of(api)) == 1
-
-
-class Proxy:
-    """A TCP proxy to Redis that the test stops and restarts: node B's network outage, and no
-    one else's."""
-
-    def __init__(self, url: str) -> None:
-        self._url = urlsplit(url)
-        self._target = (self._url.hostname or "127.0.0.1", self._url.port or 6379)
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        netloc = f"127.0.0.1:{self.port}"
-        if self._url.username or self._url.password:
-            netloc = self._url.netloc.rpartition("@")[0] + "@" + netloc
-        return urlunsplit(self._url._replace(netloc=netloc))
-
-    async def start(self) -> None:
-        # The same port on restart, as a Redis coming back would have.
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        upstream: asyncio.StreamWriter | None = None
-        try:
-            upstream_reader, upstream = await asyncio.open_connection(*self._target)
-            self._writers.add(upstream)
-            await asyncio.gather(self._pipe(reader, upstream), self._pipe(upstream_reader, writer))
-        except (OSError, asyncio.CancelledError):
-            pass
-        finally:
-            for w in (writer, upstream):
-                if w is not None:
-                    w.close()
-                    self._writers.discard(w)
-            self._tasks.discard(task)
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        finally:
-            writer.close()
 
 
 async def test_a_notice_missed_while_redis_was_away_is_made_up_for_on_reconnect(

@@ -124,7 +124,10 @@ async def _echo(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         message = await receive()
         if message["type"] != "websocket.receive":
             return
-        await send({"type": "websocket.send", "text": message.get("text") or ""})
+        text = message.get("text") or ""
+        if text == "headers":  # the scope's copy of the request headers is the app's to keep
+            text = ",".join(sorted(name.decode() for name, _value in scope["headers"]))
+        await send({"type": "websocket.send", "text": text})
 
 
 @contextlib.asynccontextmanager
@@ -162,6 +165,9 @@ async def test_a_server_with_the_lean_protocol_serves_websockets() -> None:
             for n in range(20):
                 await client.send(f"frame {n}")
                 assert await asyncio.wait_for(client.recv(), 2) == f"frame {n}"
+            await client.send("headers")
+            names = (await asyncio.wait_for(client.recv(), 2)).split(",")
+            assert {"host", "sec-websocket-key", "sec-websocket-protocol", "upgrade"} <= set(names)
             await asyncio.sleep(0.5)  # keepalive pings answered meanwhile
             (protocol,) = server.server_state.connections
             assert isinstance(protocol, LeanWebSocketProtocol)

@@ -8,12 +8,12 @@ connection keeps, for its whole life:
   ~3 KiB), though it holds a message or two at most;
 - an :class:`asyncio.Event` for write flow control (another deque, ~0.7 KiB);
 - the parsed upgrade request and the 101 response (~3 KiB of header objects), which are only
-  read while the handshake is answered.
+  read while the handshake is answered (websockets' parser keeps the request, too).
 
 :class:`LeanWebSocketProtocol` behaves the same with a receive queue and a flag that allocate
-only while something waits or is queued, and lets the request and response go once the upgrade
-is answered. ``chargegrid serve`` uses it unless ``ws_lean_protocol`` is off; it falls back to
-the stock objects wherever uvicorn's are not the ones it expects.
+only while something waits or is queued, and lets the request's headers and the response go
+once the upgrade is answered. ``chargegrid serve`` uses it unless ``ws_lean_protocol`` is off;
+it falls back to the stock objects wherever uvicorn's are not the ones it expects.
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ __all__ = ["LeanWebSocketProtocol"]
 
 class _ReceiveQueue:
     """What uvicorn's protocol uses of an unbounded :class:`asyncio.Queue` (``put_nowait``,
-    ``get``, ``empty``, ``qsize``), FIFO for items and for waiting getters; while empty and
-    unawaited it holds no deque."""
+    ``get``, ``empty``, ``qsize``), FIFO for items and for waiting getters. It holds no deque
+    while empty, and its one usual getter (the app awaiting the next message, which an idle
+    connection always is) in a one-item list rather than a deque."""
 
     __slots__ = ("_getters", "_items")
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
-        self._getters: deque[asyncio.Future[None]] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
 
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
@@ -56,7 +57,7 @@ class _ReceiveQueue:
         while not self._items:
             getter = asyncio.get_running_loop().create_future()
             if self._getters is None:
-                self._getters = deque()
+                self._getters = []
             self._getters.append(getter)
             try:
                 await getter
@@ -80,7 +81,7 @@ class _ReceiveQueue:
     def _wake_next(self) -> None:
         getters = self._getters
         while getters:
-            getter = getters.popleft()
+            getter = getters.pop(0)
             if not getter.done():
                 getter.set_result(None)
                 break
@@ -143,8 +144,12 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        # The request was read into the ASGI scope; uvicorn does not look at it again.
+        # The request was read into the ASGI scope (its headers copied) and answered or handed
+        # to the app; uvicorn does not look at it again. websockets' parser keeps a reference
+        # to it for the connection's life (a local of its suspended generator), so its headers
+        # are emptied as well.
         self.request = None  # type: ignore[assignment]
+        event.headers.clear()
 
     def start_keepalive(self) -> None:
         # Called once, right after the 101 response was written: uvicorn does not look at the
