@@ -217,8 +217,15 @@ class RedisBus:
             for task in self._tasks:
                 task.cancel()
             for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                # A cancel that lands just as redis-py's read timeout fires comes out of its
+                # asyncio.timeout as a TimeoutError (Python 3.11), which the reader takes for a
+                # lost connection and retries: one cancel is not always enough. Ask again.
+                while not task.done():
+                    await asyncio.wait([task], timeout=0.5)
+                    if not task.done():
+                        task.cancel()
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("event bus: %s failed: %s", task.get_name(), task.exception())
             self._tasks = []
             # A stopped bus publishes locally only, so only local subscribers count now.
             self._cluster = frozenset()
@@ -404,6 +411,8 @@ class RedisBus:
                     delay = _BACKOFF_MIN
                     self._handle(response)
             except _REDIS_DOWN as error:
+                if not self._running:
+                    return  # stopping (see stop(): the cancel may have become a TimeoutError)
                 if not broken_before:
                     log.warning(
                         "event bus: Redis pub/sub connection lost (%s); reconnecting", error
