@@ -2,9 +2,11 @@
 exactly the WebSocket settings ``chargegrid serve`` uses (uvloop, ``websockets-sansio``, 1 MiB
 max message, 30 s pings, no compression) that answers every OCPP CALL with a CALLRESULT: no
 validation, no routing, no storage. What this costs per connection and per message is uvicorn's
-share of chargegrid's figures; the rest is chargegrid's own.
+share of chargegrid's figures; the rest is chargegrid's own. ``--lean`` runs chargegrid's
+trimmed protocol (``chargegrid.gateway.uvicorn_protocol``, what ``chargegrid serve`` ships)
+instead of uvicorn's own.
 
-    python benchmarks/peers/uvicorn_echo.py --port 9003
+    python benchmarks/peers/uvicorn_echo.py --port 9003 [--lean]
 """
 
 from __future__ import annotations
@@ -44,12 +46,19 @@ async def app(
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=9003)
+    parser.add_argument("--lean", action="store_true", help="chargegrid's trimmed protocol")
+    arguments = parser.parse_args()
+    protocol: Any = "websockets-sansio"
+    if arguments.lean:
+        from chargegrid.gateway.uvicorn_protocol import LeanWebSocketProtocol
+
+        protocol = LeanWebSocketProtocol
     uvicorn.run(
         app,
         host="127.0.0.1",
-        port=parser.parse_args().port,
+        port=arguments.port,
         loop="uvloop",
-        ws="websockets-sansio",
+        ws=protocol,
         ws_max_size=1024 * 1024,
         ws_ping_interval=30.0,
         ws_ping_timeout=30.0,

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     ws_ping_timeout: float | None = 30.0
     ws_max_size: int = Field(default=1024 * 1024, ge=1024)
     ws_per_message_deflate: bool = False
-    # uvicorn's WebSocket protocol with ~5 KiB less per connection (gateway/uvicorn_protocol.py)
+    # uvicorn's WebSocket protocol with ~8 KiB less per connection (gateway/uvicorn_protocol.py)
     ws_lean_protocol: bool = True
     handshake_timeout: float = Field(default=10.0, gt=0)
 

@@ -375,9 +375,12 @@ class _IdleWorkers:
 
     async def ask(self, commands: list[tuple[str, Any]]) -> list[Any]:
         """Send one command to each worker at once and wait for every answer."""
-        for pipe, command in zip(self.pipes, commands, strict=True):
-            pipe.send(command)
-        return await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes))
+        try:
+            for pipe, command in zip(self.pipes, commands, strict=True):
+                pipe.send(command)
+            return await asyncio.gather(*(asyncio.to_thread(pipe.recv) for pipe in self.pipes))
+        except (EOFError, BrokenPipeError) as error:
+            raise RuntimeError(f"a load generator process died: {error!r}") from error
 
     def stop(self) -> None:
         for process in self.processes:
