@@ -20,6 +20,8 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size (1-500).")]
 Offset = Annotated[int, Query(ge=0, le=1_000_000_000, description="Items to skip.")]
 # Transaction ids are 32-bit integers (the OCPP transactionId, a PostgreSQL integer column).
 SessionId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The OCPP transactionId.")]
+# Ids of our own rows (integer columns): out of range is a 422, not a database error.
+RowId = Annotated[int, Path(ge=1, le=2_147_483_647)]
 TimeParam = Annotated[
     str | None,
     Query(description="ISO 8601 date-time, e.g. `2024-05-01T10:00:00Z` (no offset: UTC)."),

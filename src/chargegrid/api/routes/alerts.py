@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from chargegrid.api.deps import Admin, Node, Operator, Viewer, visible_charge_point_id
-from chargegrid.api.pagination import Limit, Offset, Refusal, visible
+from chargegrid.api.pagination import Limit, Offset, Refusal, RowId, visible
 from chargegrid.metering.alert_rules import RuleSpec
 from chargegrid.metering.alerts import alert_payload
 from chargegrid.store import alerts as alert_store
@@ -117,13 +117,13 @@ async def _visible_alert(node: Any, principal: Any, alert_id: int) -> dict[str, 
 
 
 @router.get("/alerts/{alert_id}", response_model=AlertOut)
-async def get_alert(alert_id: int, node: Node, principal: Viewer) -> dict[str, Any]:
+async def get_alert(alert_id: RowId, node: Node, principal: Viewer) -> dict[str, Any]:
     row = await _visible_alert(node, principal, alert_id)
     return alert_payload(row, row["identity"], None)
 
 
 @router.post("/alerts/{alert_id}/acknowledge", response_model=AlertOut)
-async def acknowledge_alert(alert_id: int, node: Node, principal: Operator) -> dict[str, Any]:
+async def acknowledge_alert(alert_id: RowId, node: Node, principal: Operator) -> dict[str, Any]:
     """Acknowledge an alert (raised or resolved); a second acknowledgement keeps the first.
     Its ``state`` does not change: a raised alert stays raised until it is back in range."""
     await _visible_alert(node, principal, alert_id)
@@ -159,7 +159,7 @@ async def create_rule(spec: RuleSpec, node: Node, principal: Admin) -> RuleOut:
 
 
 @router.get("/alert-rules/{rule_id}", response_model=RuleOut)
-async def get_rule(rule_id: int, node: Node, principal: Viewer) -> RuleOut:
+async def get_rule(rule_id: RowId, node: Node, principal: Viewer) -> RuleOut:
     async with node.engine.connect() as connection:
         row = await alert_store.rule(connection, rule_id)
     if row is None:
@@ -168,7 +168,7 @@ async def get_rule(rule_id: int, node: Node, principal: Viewer) -> RuleOut:
 
 
 @router.put("/alert-rules/{rule_id}", response_model=RuleOut)
-async def replace_rule(rule_id: int, spec: RuleSpec, node: Node, principal: Admin) -> RuleOut:
+async def replace_rule(rule_id: RowId, spec: RuleSpec, node: Node, principal: Admin) -> RuleOut:
     _check(spec)
     now = node.clock.now()
 
@@ -184,7 +184,7 @@ async def replace_rule(rule_id: int, spec: RuleSpec, node: Node, principal: Admi
 
 
 @router.delete("/alert-rules/{rule_id}", status_code=204)
-async def delete_rule(rule_id: int, node: Node, principal: Admin) -> None:
+async def delete_rule(rule_id: RowId, node: Node, principal: Admin) -> None:
     async def unit(connection: Any) -> None:
         if not await alert_store.delete_rule(connection, rule_id):
             raise Refusal(404, f"no alert rule {rule_id}")
