@@ -101,6 +101,7 @@ class ChargeGrid:
             interval=settings.commit_interval_ms / 1000.0,
             max_items=settings.commit_max_items,
             queue_limit=settings.commit_queue_limit,
+            wait_timeout=settings.commit_wait_timeout,
         )
         self.bus: Bus = (
             RedisBus(settings.bus_url, node_id=settings.node_id, prefix=settings.bus_prefix)
@@ -178,6 +179,7 @@ class ChargeGrid:
             connected=self.registry.__len__,
             queued=lambda: self.writer.queued,
             commit_failures=lambda: self.writer.stats.failures,
+            commit_timeouts=lambda: self.writer.stats.timeouts,
             trace_dropped=lambda: self.trace.dropped,
             hook_failures=lambda: self.hooks.failures,
         )

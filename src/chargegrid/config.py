@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     commit_interval_ms: float = Field(default=4.0, gt=0, le=1000)
     commit_max_items: int = Field(default=1000, ge=1)
     commit_queue_limit: int = Field(default=50_000, ge=1)
+    # The longest a charge point's message waits for its commit before it is answered with a
+    # CALLERROR (store/group_commit.py): a stalled database must not hold every charge point.
+    commit_wait_timeout: float = Field(default=10.0, gt=0)
     # SQLite: hourly/daily rollups of the values committed in this window are merged together
     # (metering/rollups.py, "Deferred merging"); 0 merges them in every batch, as PostgreSQL
     # always does.

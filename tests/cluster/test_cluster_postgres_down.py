@@ -392,13 +392,16 @@ async def test_postgres_unresponsive_writes_get_callerror_within_a_bound(
     holding it, and every message queued behind it on the node's one writer, until TCP gives
     up. The charge point resends once it is back; stored once."""
     proxy = postgres_forwarder
-    # The statement deadline (store/database.py) below the bound the test holds the node to.
+    # The statement deadline (store/database.py) below the bound the test holds the node to,
+    # and the commit wait (store/group_commit.py) that holds whatever the driver does after a
+    # statement times out (cancel request, rollback) to that bound.
     node = cluster.node(
         "node-1",
         cluster_ownership_ttl=2.0,
         liveness_flush_seconds=0.2,
         database_statement_timeout=2.0,
         database_connect_timeout=2.0,
+        commit_wait_timeout=3.0,
     )
     charger = Charger("PGS1", node, 1)
     await add_charge_points(outage_database, [charger])

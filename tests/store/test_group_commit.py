@@ -311,3 +311,36 @@ async def test_stop_with_callers_waiting_for_queue_space(engine: AsyncEngine) ->
     refused = [t for t in done if isinstance(t.exception(), StoreUnavailable)]
     assert len(committed) + len(refused) == 10
     assert await count(engine, id_tags) == len(committed)
+
+
+async def test_a_stalled_batch_answers_its_callers_within_the_wait_timeout(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """A database that stops answering holds the one writer; callers in that batch and every
+    write queued behind it get StoreUnavailable once ``wait_timeout`` passes, not when the
+    database returns. The queued write is not dropped: it commits once the writer moves on."""
+    writer = await writer_factory(interval=0.001, wait_timeout=0.3)
+    release = asyncio.Event()
+
+    async def stalled(connection: AsyncConnection) -> None:
+        await connection.execute(insert(id_tags).values(**tag_row("STALLED")))
+        await release.wait()  # stands in for a statement the database never answers
+
+    started = time.monotonic()
+    first = asyncio.create_task(writer.run(stalled))
+    await asyncio.sleep(0.05)  # the stalled batch is being written
+    with pytest.raises(StoreUnavailable, match=r"did not commit within 0\.3 s"):
+        await writer.insert(TAG_INSERT, [tag_row("QUEUED")])
+    with pytest.raises(StoreUnavailable):
+        await first
+    assert time.monotonic() - started < 1.0
+    assert writer.stats.timeouts == 2
+    assert await tags(engine) == []
+    release.set()
+    for _ in range(100):  # both writes were kept and commit once the database answers
+        if await tags(engine) == ["QUEUED", "STALLED"]:
+            break
+        await asyncio.sleep(0.02)
+    assert await tags(engine) == ["QUEUED", "STALLED"]
+    await writer.insert(TAG_INSERT, [tag_row("LATER")])  # and the writer goes on
+    assert "LATER" in await tags(engine)

@@ -40,6 +40,7 @@ class Metrics:
         connected: Callable[[], int],
         queued: Callable[[], int],
         commit_failures: Callable[[], int] = _zero,
+        commit_timeouts: Callable[[], int] = _zero,
         trace_dropped: Callable[[], int] = _zero,
         hook_failures: Callable[[], int] = _zero,
     ) -> None:
@@ -53,6 +54,7 @@ class Metrics:
         self._connected = connected
         self._queued = queued
         self._commit_failures = commit_failures
+        self._commit_timeouts = commit_timeouts
         self.trace_dropped = trace_dropped
         self.hook_failures = hook_failures
         self.command_seconds = Histogram(
@@ -168,6 +170,12 @@ class _Counts(Collector):
             "chargegrid_group_commit_failures",
             "Group-commit batches whose transaction failed (every caller got an error).",
             value=m._commit_failures(),
+        )
+        yield CounterMetricFamily(
+            "chargegrid_group_commit_wait_timeouts",
+            "Writes answered with a CALLERROR because their commit took longer than "
+            "commit_wait_timeout (the write stayed queued).",
+            value=m._commit_timeouts(),
         )
         yield CounterMetricFamily(
             "chargegrid_trace_frames_dropped",

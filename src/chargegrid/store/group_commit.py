@@ -8,6 +8,13 @@ work (a function run on the open connection) run one after another, each inside 
 one unit's failure fails only its own caller. If the commit itself fails, every caller in the batch
 gets :class:`StoreUnavailable` and the charge point is answered with a CALLERROR, so it keeps the
 message and retries: nothing acknowledged is lost.
+
+A caller waits at most ``wait_timeout`` for its batch (including any wait for room in the queue).
+A database that stops answering without closing anything holds the one writer for as long as the
+driver's own timeouts allow, per statement and then again for the rollback; every message queued
+behind it would wait that long too. Past the bound the caller gets :class:`StoreUnavailable` (a
+CALLERROR) while its write stays queued: if it commits later, the charge point's resend is
+recognised as one (the same as a commit whose answer was lost), so the early answer loses nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -67,6 +74,7 @@ class BatchStats:
     rows: int = 0
     units: int = 0
     failures: int = 0
+    timeouts: int = 0  # callers answered before their batch ended (``wait_timeout``)
     last_batch_items: int = 0
     last_commit_seconds: float = 0.0
 
@@ -89,8 +97,10 @@ class GroupCommitter:
         interval: float = 0.004,
         max_items: int = 1000,
         queue_limit: int = 50_000,
+        wait_timeout: float | None = None,
     ) -> None:
         self._engine = writing(engine)
+        self._wait_timeout = wait_timeout
         self._interval = interval
         self._max_items = max_items
         self._queue_limit = queue_limit
@@ -143,27 +153,44 @@ class GroupCommitter:
         """Insert ``rows`` with ``statement`` in the next batch; return once committed."""
         if not rows:
             return
-        await self._admit(len(rows))
-        batch = self._batch
-        bucket = batch.rows.get(statement)
-        if bucket is None:
-            batch.rows[statement] = list(rows)
-        else:
-            bucket.extend(rows)
-        done = batch.done
-        if done is None:
-            done = batch.done = asyncio.get_running_loop().create_future()
-        self._added(batch, len(rows))
-        await asyncio.shield(done)
+        async with self._bounded():
+            await self._admit(len(rows))
+            batch = self._batch
+            bucket = batch.rows.get(statement)
+            if bucket is None:
+                batch.rows[statement] = list(rows)
+            else:
+                bucket.extend(rows)
+            done = batch.done
+            if done is None:
+                done = batch.done = asyncio.get_running_loop().create_future()
+            self._added(batch, len(rows))
+            await asyncio.shield(done)
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` inside the next batch's transaction; return its result once committed."""
-        await self._admit(1)
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        batch = self._batch
-        batch.units.append((unit, future))
-        self._added(batch, 1)
-        return await asyncio.shield(future)
+        async with self._bounded():
+            await self._admit(1)
+            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            batch = self._batch
+            batch.units.append((unit, future))
+            self._added(batch, 1)
+            return await asyncio.shield(future)
+
+    @contextlib.asynccontextmanager
+    async def _bounded(self) -> AsyncIterator[None]:
+        """The caller's wait, bounded by ``wait_timeout`` (module docstring)."""
+        if self._wait_timeout is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._wait_timeout):
+                yield
+        except TimeoutError:
+            self.stats.timeouts += 1
+            raise StoreUnavailable(
+                f"the database did not commit within {self._wait_timeout:g} s"
+            ) from None
 
     async def write_rows(
         self, connection: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]
