@@ -26,9 +26,12 @@ def isoformat_z(value: datetime) -> str:
 def parse_timestamp(raw: str) -> datetime:
     """Parse an OCPP dateTime (RFC 3339) into aware UTC. A missing offset is taken as UTC."""
     text = raw.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
+    if text.endswith("z"):  # Python 3.11's fromisoformat takes "Z" but not "z"
+        text = text[:-1] + "Z"
     parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
+    tz = parsed.tzinfo
+    if tz is UTC:  # "Z" and "+00:00": the common case, no conversion
+        return parsed
+    if tz is None:
         return parsed.replace(tzinfo=UTC)
     return parsed.astimezone(UTC)

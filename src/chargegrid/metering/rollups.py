@@ -195,7 +195,10 @@ class Rollups:
         if energy == 0.0:
             return
         charge_point_id, connector_id, measurand, phase, location = series
-        hour, day = hour_and_day(at)
+        buckets = self._buckets.get(at)
+        if buckets is None:
+            buckets = self._buckets[at] = hour_and_day(at)
+        hour, day = buckets
         for key in (
             (charge_point_id, measurand, HOUR, hour, connector_id, phase, location),
             (charge_point_id, measurand, DAY, day, connector_id, phase, location),
@@ -314,8 +317,10 @@ class RollupMaintainer:
             # SQLite reuses the ids of deleted top rows (a removed charge point's values): such
             # a row is below the watermark, which promises it is counted, so it is merged now.
             if result.first_id > self._watermark:
+                # Counted straight into the open layer (no per-batch partial to fold in: this
+                # is the hot path); a failed commit or rolled-back unit drops the layer whole.
                 layer = self._unit_layer if self._in_unit else self._layer
-                layer.absorb(await self._count(connection, inserted))
+                await self._count(connection, inserted, layer)
             else:
                 await self.merge(connection, inserted)
         else:
@@ -342,23 +347,25 @@ class RollupMaintainer:
         )
         if not due:
             return
-        merged = Rollups()
-        # Copies of the aggregates: absorb() mutates, and a failed commit must find both
-        # layers as they were.
-        for layer in (self._uncounted, self._layer):
-            for key, aggregate in layer.by_key.items():
-                mine = merged.by_key.get(key)
-                if mine is None:
-                    mine = merged.by_key[key] = Aggregate(aggregate.unit, False)
-                    mine.energy = None
-                mine.absorb(aggregate)
-        values = merged.values()
+        # Both layers are left as they are (a failed commit must find them so): a key in both
+        # is combined in a copy, every other aggregate is read as it stands.
+        batch = self._layer.by_key
+        values = []
+        for key, aggregate in self._uncounted.by_key.items():
+            other = batch.get(key)
+            if other is not None:
+                combined = Aggregate(aggregate.unit, False)
+                combined.energy = None
+                combined.absorb(aggregate)
+                combined.absorb(other)
+                aggregate = combined
+            values.append(aggregate.values(key))
+        uncounted = self._uncounted.by_key
+        values += [a.values(key) for key, a in batch.items() if key not in uncounted]
         if values:
             # A charge point removed since (its values and rollups deleted with it, possibly by
             # the CLI in another process) must not fail every later merge on its foreign key.
-            existing = await rollup_store.existing_charge_points(
-                connection, {key[0] for key in merged.by_key}
-            )
+            existing = await rollup_store.existing_charge_points(connection, {v[0] for v in values})
             values = [v for v in values if v[0] in existing]
         if values:
             await self._batch.merge(connection, values)
@@ -447,12 +454,18 @@ class RollupMaintainer:
             self.stats.rollup_rows += len(values)
 
     async def _count(
-        self, connection: AsyncConnection, inserted: Sequence[Sequence[Any]]
+        self,
+        connection: AsyncConnection,
+        inserted: Sequence[Sequence[Any]],
+        rollups: Rollups | None = None,
     ) -> Rollups:
-        """The partial rollups of freshly ``inserted`` rows, energy credits included."""
-        rollups = Rollups()
+        """The partial rollups of freshly ``inserted`` rows, energy credits included, added to
+        ``rollups`` (a new one by default)."""
+        if rollups is None:
+            rollups = Rollups()
+        add = rollups.add
         for row in inserted:
-            rollups.add(row)
+            add(row)
         for series, readings in rollups.registers.items():
             await self._credit_energy(connection, rollups, series, readings)
         rollups.registers.clear()  # only needed for the credits

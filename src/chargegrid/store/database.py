@@ -58,6 +58,11 @@ def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: a group commit of a few
+        # hundred charge points' values dirties about one index page per charge point, so at
+        # the default nearly every commit also ran a checkpoint (docs/benchmarks.md: 10-20 %
+        # more round trips/s at N=500). Readers are unaffected; the WAL file is bigger.
+        cursor.execute("PRAGMA wal_autocheckpoint=10000")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -9,12 +9,17 @@ one unit's failure fails only its own caller. If the commit itself fails, every 
 gets :class:`StoreUnavailable` and the charge point is answered with a CALLERROR, so it keeps the
 message and retries: nothing acknowledged is lost.
 
-A caller waits at most ``wait_timeout`` for its batch (including any wait for room in the queue).
-A database that stops answering without closing anything holds the one writer for as long as the
-driver's own timeouts allow, per statement and then again for the rollback; every message queued
-behind it would wait that long too. Past the bound the caller gets :class:`StoreUnavailable` (a
-CALLERROR) while its write stays queued: if it commits later, the charge point's resend is
-recognised as one (the same as a commit whose answer was lost), so the early answer loses nothing.
+A caller waits at most ``wait_timeout`` for its batch, counted from the batch's first write (and
+as long again for room in a full queue). A database that stops answering without closing anything
+holds the one writer for as long as the driver's own timeouts allow, per statement and then again
+for the rollback; every message queued behind it would wait that long too. Past the bound the
+callers get :class:`StoreUnavailable` (a CALLERROR) while their writes stay queued: if they commit
+later, the charge point's resend is recognised as one (the same as a commit whose answer was
+lost), so the early answer loses nothing.
+
+Each caller awaits a future of its own, which the writer resolves: a caller that goes away (its
+connection closed) cancels only its own wait, never its batch. One timer per batch enforces the
+bound; this is the hot path, so nothing here is per caller beyond that one future.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -83,8 +88,9 @@ class BatchStats:
 class _Batch:
     rows: dict[Insert, list[dict[str, Any]]] = field(default_factory=dict)
     units: list[tuple[Unit[Any], asyncio.Future[Any]]] = field(default_factory=list)
-    done: asyncio.Future[None] | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)  # for the rows
     items: int = 0
+    deadline: asyncio.TimerHandle | None = None  # wait_timeout, from the first write
 
 
 class GroupCommitter:
@@ -153,44 +159,32 @@ class GroupCommitter:
         """Insert ``rows`` with ``statement`` in the next batch; return once committed."""
         if not rows:
             return
-        async with self._bounded():
-            await self._admit(len(rows))
-            batch = self._batch
-            bucket = batch.rows.get(statement)
-            if bucket is None:
-                batch.rows[statement] = list(rows)
-            else:
-                bucket.extend(rows)
-            done = batch.done
-            if done is None:
-                done = batch.done = asyncio.get_running_loop().create_future()
-            self._added(batch, len(rows))
-            await asyncio.shield(done)
+        await self._admit(len(rows))
+        batch = self._batch
+        bucket = batch.rows.get(statement)
+        if bucket is None:
+            batch.rows[statement] = list(rows)
+        else:
+            bucket.extend(rows)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(future)
+        self._added(batch, len(rows))
+        await future
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` inside the next batch's transaction; return its result once committed."""
-        async with self._bounded():
-            await self._admit(1)
-            future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-            batch = self._batch
-            batch.units.append((unit, future))
-            self._added(batch, 1)
-            return await asyncio.shield(future)
+        await self._admit(1)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        batch.units.append((unit, future))
+        self._added(batch, 1)
+        return await future
 
-    @contextlib.asynccontextmanager
-    async def _bounded(self) -> AsyncIterator[None]:
-        """The caller's wait, bounded by ``wait_timeout`` (module docstring)."""
-        if self._wait_timeout is None:
-            yield
-            return
-        try:
-            async with asyncio.timeout(self._wait_timeout):
-                yield
-        except TimeoutError:
-            self.stats.timeouts += 1
-            raise StoreUnavailable(
-                f"the database did not commit within {self._wait_timeout:g} s"
-            ) from None
+    def _expire(self, batch: _Batch) -> None:
+        """The batch's ``wait_timeout`` passed: answer its callers now (module docstring)."""
+        failure = StoreUnavailable(f"the database did not commit within {self._wait_timeout:g} s")
+        futures = [*batch.waiters, *(future for _unit, future in batch.units)]
+        self.stats.timeouts += _fail(futures, failure)
 
     async def write_rows(
         self, connection: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]
@@ -217,13 +211,26 @@ class GroupCommitter:
         if self._queued + needed > self._queue_limit:
             # Backpressure: the caller (a charge point's message) waits for room.
             async with self._space:
-                await self._space.wait_for(
-                    lambda: self._closing or self._queued + needed <= self._queue_limit
-                )
+                try:
+                    await asyncio.wait_for(
+                        self._space.wait_for(
+                            lambda: self._closing or self._queued + needed <= self._queue_limit
+                        ),
+                        self._wait_timeout,
+                    )
+                except TimeoutError:
+                    self.stats.timeouts += 1
+                    raise StoreUnavailable(
+                        f"no room in the write queue within {self._wait_timeout:g} s"
+                    ) from None
             if self._closing:
                 raise StoreUnavailable("the writer is shutting down")
 
     def _added(self, batch: _Batch, count: int) -> None:
+        if not batch.items and self._wait_timeout is not None:
+            batch.deadline = asyncio.get_running_loop().call_later(
+                self._wait_timeout, self._expire, batch
+            )
         batch.items += count
         self._queued += count
         self._wake.set()
@@ -255,6 +262,13 @@ class GroupCommitter:
                 return
 
     async def _commit(self, batch: _Batch) -> None:
+        try:
+            await self._write(batch)
+        finally:
+            if batch.deadline is not None:
+                batch.deadline.cancel()
+
+    async def _write(self, batch: _Batch) -> None:
         started = time.perf_counter()
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
@@ -281,13 +295,7 @@ class GroupCommitter:
             log.error("group commit of %d items failed: %s", batch.items, error)
             failure = StoreUnavailable(f"database write failed: {type(error).__name__}")
             failure.__cause__ = error
-            if batch.done is not None and not batch.done.done():
-                batch.done.set_exception(failure)
-                batch.done.exception()  # retrieved: waiters may have gone away
-            for _unit, future in batch.units:
-                if not future.done():
-                    future.set_exception(failure)
-                    future.exception()
+            _fail([*batch.waiters, *(future for _unit, future in batch.units)], failure)
             return
         for sink in self.sinks.values():
             sink.committed()
@@ -298,8 +306,9 @@ class GroupCommitter:
         self.stats.last_commit_seconds = time.perf_counter() - started
         if self.on_commit is not None:
             self.on_commit(batch.items, self.stats.last_commit_seconds)
-        if batch.done is not None and not batch.done.done():
-            batch.done.set_result(None)
+        for waiter in batch.waiters:
+            if not waiter.done():  # not answered by the deadline, not cancelled
+                waiter.set_result(None)
         for future, ok, value in results:
             if future.done():
                 continue
@@ -308,3 +317,14 @@ class GroupCommitter:
             else:
                 future.set_exception(value)
                 future.exception()
+
+
+def _fail(futures: list[asyncio.Future[Any]], failure: Exception) -> int:
+    """Fail the futures not resolved yet; how many that was."""
+    failed = 0
+    for future in futures:
+        if not future.done():
+            future.set_exception(failure)
+            future.exception()  # retrieved: the caller may have gone away
+            failed += 1
+    return failed

@@ -132,7 +132,8 @@ async def register_window(
     """The series' readings from the one before ``first`` to the one after ``last``.
 
     Ordered by (timestamp, value); the flag says whether a reading after ``last`` exists.
-    Three index range scans on ``ix_meter_values_cp_measurand_ts``.
+    Three index range scans on ``uq_meter_values_sample`` (it leads with charge point,
+    measurand, timestamp).
     """
     mv = meter_values.c
     where = _series_filter(series)

@@ -164,19 +164,20 @@ meter_values = Table(
     Column("raw_value", Text, nullable=False),  # exactly as sent (SignedData kept verbatim)
     Column("raw_unit", String(12), nullable=False),
     Column("format", String(12), nullable=False),
-    Index("ix_meter_values_cp_measurand_ts", "charge_point_id", "measurand", "timestamp"),
     Index("ix_meter_values_transaction", "transaction_id", "timestamp"),
 )
 
 # DESIGN.md guarantee 2: a replayed sample is stored once; inserts use ON CONFLICT DO NOTHING.
 # transaction_id and phase are nullable, and NULLs never collide in a unique index, hence coalesce.
+# It leads with (charge point, measurand, timestamp) so that it also serves per-series range
+# queries: one B-tree keyed by charge point per value, not two (migration 0006).
 Index(
     "uq_meter_values_sample",
     meter_values.c.charge_point_id,
+    meter_values.c.measurand,
+    meter_values.c.timestamp,
     meter_values.c.connector_id,
     func.coalesce(meter_values.c.transaction_id, 0),
-    meter_values.c.timestamp,
-    meter_values.c.measurand,
     func.coalesce(meter_values.c.phase, ""),
     meter_values.c.location,
     # A Raw reading and its SignedData twin, or one reading in two contexts, are two samples.
