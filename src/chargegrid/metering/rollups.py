@@ -95,15 +95,20 @@ class Aggregate:
         self.energy: float | None = 0.0 if register else None
 
     def add(self, at: datetime, value: float) -> None:
+        # The hot path (every stored value, twice): plain comparisons, no tuples built.
         self.count += 1
         self.sum += value
-        if self.min is None or value < self.min:
+        low = self.min
+        if low is None or value < low:
             self.min = value
-        if self.max is None or value > self.max:
+        high = self.max
+        if high is None or value > high:
             self.max = value
-        if self.first_at is None or (at, value) < (self.first_at, self.first_value or 0.0):
+        first = self.first_at
+        if first is None or at < first or (at == first and value < (self.first_value or 0.0)):
             self.first_at, self.first_value = at, value
-        if self.last_at is None or (at, value) > (self.last_at, self.last_value or 0.0):
+        last = self.last_at
+        if last is None or at > last or (at == last and value > (self.last_value or 0.0)):
             self.last_at, self.last_value = at, value
 
     def absorb(self, other: Aggregate) -> None:
