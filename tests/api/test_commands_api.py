@@ -575,3 +575,6 @@ async def test_one_call_in_flight_per_charge_point(server: RunningServer) -> Non
         assert (await first).json()["status"] == "accepted"
         assert (await second).json()["status"] == "accepted"
         assert [c[0] for c in cp.calls] == ["GetConfiguration", "ClearCache"]
+        # The charge point's turn is kept while operations wait or run, and not after: a
+        # fleet that comes and goes leaves no lock per identity behind.
+        assert "CP1" not in server.node.commands._turns

@@ -44,6 +44,16 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = frozenset({"accepted", "rejected", "error", "timeout"})
 
 
+class _Turn:
+    """One charge point's turn for CSMS-initiated calls, and how many operations share it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Callee(Protocol):
     """Where a CALL goes: a local socket, or (cluster) the node holding the charge point."""
 
@@ -172,7 +182,9 @@ class CommandService:
         self.node: Any = None
         # One call in flight per charge point (CONFORMANCE R11): an operation waits its turn
         # here, still "pending", and becomes "sent" only when it goes on the wire.
-        self._turns: dict[str, asyncio.Lock] = {}
+        # An entry lives while operations for that charge point are waiting or running, so a
+        # fleet that comes and goes does not leave a lock per identity ever seen.
+        self._turns: dict[str, _Turn] = {}
         # Observability: called with (action, status, seconds) when a charge point answered or
         # the call failed (metrics); the time runs from just before the CALL is sent.
         self.on_finished: Callable[[str, str, float], None] | None = None
@@ -314,10 +326,14 @@ class CommandService:
         response: dict[str, Any] | None = None
         error_code: str | None = None
         description: str | None = None
-        turn = self._turns.setdefault(connection.identity, asyncio.Lock())
+        identity = connection.identity
+        turn = self._turns.get(identity)
+        if turn is None:
+            turn = self._turns[identity] = _Turn()
+        turn.users += 1
         started = time.perf_counter()
         try:
-            async with turn:
+            async with turn.lock:
                 hook_context = self._hook_context(connection, charge_point_id, action)
                 # A before hook may answer in the charge point's place, or refuse (OcppError).
                 replaced = (
@@ -349,6 +365,10 @@ class CommandService:
         except Exception as error:  # never leave an operation pending
             log.exception("operation %d (%s) failed", operation_id, action)
             status, error_code, description = "error", "InternalError", type(error).__name__
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[identity]
         if self.on_finished is not None:
             self.on_finished(action, status, time.perf_counter() - started)
         now = self._clock.now()
