@@ -6,7 +6,7 @@ import asyncio
 import gc
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,15 @@ from chargegrid.store.database import create_engine, writing
 from chargegrid.store.migrate import upgrade
 
 T = TypeVar("T")
+
+
+def _run_fast(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop where it is installed (a dependency except on Windows)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _settings(ctx: click.Context, **overrides: Any) -> Settings:
@@ -606,18 +615,14 @@ def simulate(
     line = None if quiet else ProgressLine()
 
     async def run() -> dict[str, Any]:
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:  # pragma: no cover
-            pass
         return await fleet.run(
             duration, ramp=min(count / 500, 10.0) if ramp is None else ramp, progress=line
         )
 
     try:
-        summary = asyncio.run(run())
+        # uvloop for the fleet's sockets; it must be chosen before the loop exists (installing
+        # it inside run() only changed the policy for later loops).
+        summary = _run_fast(run())
     except KeyboardInterrupt:
         summary = fleet.summary()
     if line is not None:
