@@ -143,6 +143,14 @@ async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
         lifespan="on",
         log_level="warning",
     )
+    async with serving(config) as (_server, port):
+        yield RunningServer(app, "127.0.0.1", port)
+
+
+@contextlib.asynccontextmanager
+async def serving(config: uvicorn.Config) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    """Run uvicorn with ``config`` in this event loop until the block ends; yields the server
+    and the port it bound (``config.port`` 0: a free one)."""
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -151,8 +159,7 @@ async def running_server(settings: Settings) -> AsyncIterator[RunningServer]:
                 task.result()
                 raise RuntimeError("server stopped before it started")
             await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield RunningServer(app, "127.0.0.1", port)
+        yield server, server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)

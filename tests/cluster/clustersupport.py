@@ -160,7 +160,9 @@ def new_prefix() -> str:
     return f"cgcluster:{uuid.uuid4().hex[:8]}:"
 
 
-NGINX_CONF = """\
+# Everything before the upstreams and servers, shared by every nginx the tests start. As root,
+# nginx's workers would run as "nobody" and could not use tmp_path: hence {user}.
+NGINX_PREAMBLE = """\
 {user}
 worker_processes 1;
 pid {tmp}/nginx.pid;
@@ -180,7 +182,11 @@ http {{
         default upgrade;
         ''      close;
     }}
+"""
 
+NGINX_CONF = (
+    NGINX_PREAMBLE
+    + """
     upstream chargegrid {{
 {servers}
     }}
@@ -206,6 +212,46 @@ http {{
     }}
 }}
 """
+)
+
+
+def nginx_user() -> str:
+    return "user root;" if os.geteuid() == 0 else ""
+
+
+def start_nginx(binary: str, tmp: Path, conf: Path) -> subprocess.Popen[bytes]:
+    """nginx in the foreground with ``conf``, its prefix and logs in ``tmp``."""
+    with (tmp / "nginx-stdout.log").open("ab") as out:
+        return subprocess.Popen(
+            [
+                binary,
+                "-e",
+                str(tmp / "nginx-error.log"),
+                "-c",
+                str(conf),
+                "-p",
+                str(tmp),
+                "-g",
+                "daemon off;",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until something listens on ``port``; the log's text if ``process`` exits first."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"nginx exited; see {log}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 @dataclass
@@ -231,39 +277,55 @@ class Nginx:
             f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=30s;"
             for port in self.upstreams
         )
-        # As root, nginx's workers would run as "nobody" and could not use tmp_path.
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_CONF.format(user=user, tmp=self.tmp, servers=servers, port=self.port))
-        with (self.tmp / "nginx-stdout.log").open("ab") as out:
-            # Popen returns at once; nothing here waits on the child.
-            self.process = subprocess.Popen(  # noqa: ASYNC220
-                [
-                    binary,
-                    "-e",
-                    str(self.tmp / "nginx-error.log"),
-                    "-c",
-                    str(conf),
-                    "-p",
-                    str(self.tmp),
-                    "-g",
-                    "daemon off;",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError((self.tmp / "nginx-error.log").read_text())
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("nginx did not start")
+        conf.write_text(
+            NGINX_CONF.format(user=nginx_user(), tmp=self.tmp, servers=servers, port=self.port)
+        )
+        self.process = start_nginx(binary, self.tmp, conf)
+        await wait_for_port(self.port, self.process, self.tmp / "nginx-error.log")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            self.process.wait(10)
+
+
+class PrivateRedis:
+    """A redis-server of our own, so that stopping it disturbs no other test."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.tmp = tmp
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not await redis_reachable(self.url):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
             self.process.wait(10)

@@ -16,14 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-from clustersupport import REDIS_URL, need, new_prefix, redis_reachable
+from clustersupport import new_prefix
 from ocpp.v16 import call
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chargegrid.config import Settings
 from chargegrid.store import users as user_store
 from outage_proxy import Proxy
-from support import PostgresDatabases, RunningServer, charge_point, now_iso
+from support import RunningServer, charge_point, now_iso
 from support import running_server as serve
 
 pytestmark = [pytest.mark.postgres]
@@ -35,17 +35,6 @@ RULE = {
     "threshold": 10,
     "severity": "info",
 }
-
-
-@pytest.fixture
-def shared_database(postgres_databases: PostgresDatabases) -> str:
-    return asyncio.run(postgres_databases.create())
-
-
-@pytest.fixture
-async def shared_redis() -> str:
-    need(f"Redis at {REDIS_URL}", await redis_reachable())
-    return REDIS_URL
 
 
 def node_settings(database_url: str, redis_url: str, prefix: str, name: str) -> Settings:

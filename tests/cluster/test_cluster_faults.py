@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
-from clustersupport import REDIS_URL, free_port, need, new_prefix, redis_reachable
+from clustersupport import PrivateRedis, new_prefix
 from ocpp.routing import on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action, ResetStatus
@@ -27,7 +24,7 @@ from ocpp.v16.enums import Action, ResetStatus
 from chargegrid.bus import channels
 from chargegrid.commands.service import CommandError
 from chargegrid.config import Settings
-from support import PostgresDatabases, RecordingChargePoint, RunningServer, charge_point
+from support import RecordingChargePoint, RunningServer, charge_point
 from support import running_server as serve
 
 pytestmark = [pytest.mark.postgres]
@@ -37,11 +34,6 @@ class Resettable(RecordingChargePoint):
     @on(Action.reset)
     def on_reset(self, **_: Any) -> call_result.Reset:
         return call_result.Reset(status=ResetStatus.accepted)
-
-
-@pytest.fixture
-def shared_database(postgres_databases: PostgresDatabases) -> str:
-    return asyncio.run(postgres_databases.create())
 
 
 def node_settings(database_url: str, redis_url: str, prefix: str, name: str) -> Settings:
@@ -66,62 +58,6 @@ async def two_nodes(database_url: str, redis_url: str) -> AsyncIterator[tuple[An
         serve(node_settings(database_url, redis_url, prefix, "b")) as b,
     ):
         yield a, b
-
-
-class PrivateRedis:
-    """A redis-server of our own, so that stopping it disturbs no other test."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    async def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not await redis_reachable(self.url):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            await asyncio.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    need(
-        "redis-server",
-        shutil.which("redis-server") is not None or Path("/usr/bin/redis-server").exists(),
-    )
-    server = PrivateRedis(tmp_path)
-    asyncio.run(server.start())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def eventually(check: Any, timeout: float = 10.0) -> None:
@@ -198,12 +134,6 @@ async def _readyz(server: RunningServer) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         body: dict[str, Any] = (await http.get("/readyz")).json()
         return body
-
-
-@pytest.fixture
-async def shared_redis() -> str:
-    need(f"Redis at {REDIS_URL}", await redis_reachable())
-    return REDIS_URL
 
 
 async def test_reconnect_through_another_node_moves_ownership_and_evicts(

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,8 @@ import orjson
 import pytest
 import redis.asyncio as redis
 import websockets
-from clustersupport import REDIS_URL, Cluster, need, new_prefix, redis_reachable
+from clustersupport import Cluster, PrivateRedis, new_prefix
 from ocpp.v16 import call
-from test_cluster_faults import PrivateRedis
 
 from chargegrid.bus.memory import MemoryBus
 from chargegrid.clock import SystemClock, isoformat_z
@@ -35,7 +33,6 @@ from chargegrid.config import Settings
 from chargegrid.metering.live_stats import LiveStats
 from chargegrid.store import users as user_store
 from support import (
-    PostgresDatabases,
     RecordingChargePoint,
     RunningServer,
     charge_point,
@@ -46,31 +43,6 @@ pytestmark = [pytest.mark.postgres]
 
 TTL = 1.0  # cluster_live_stats_ttl: short, so that lapsing is quick to see
 READING_FIELDS = ("node", "updated_at")
-
-
-@pytest.fixture
-def shared_database(postgres_databases: PostgresDatabases) -> str:
-    return asyncio.run(postgres_databases.create())
-
-
-@pytest.fixture
-async def shared_redis() -> str:
-    need(f"Redis at {REDIS_URL}", await redis_reachable())
-    return REDIS_URL
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    need(
-        "redis-server",
-        shutil.which("redis-server") is not None or Path("/usr/bin/redis-server").exists(),
-    )
-    server = PrivateRedis(tmp_path)
-    asyncio.run(server.start())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def node_settings(database_url: str, redis_url: str, prefix: str, name: str) -> Settings:

@@ -28,7 +28,16 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from clustersupport import Nginx, Node, free_port, need
+from clustersupport import (
+    NGINX_PREAMBLE,
+    Nginx,
+    Node,
+    free_port,
+    need,
+    nginx_user,
+    start_nginx,
+    wait_for_port,
+)
 from ocpp.v16 import call
 from websockets.exceptions import InvalidStatus
 
@@ -44,25 +53,9 @@ OCPP = [websockets.Subprotocol("ocpp1.6")]
 
 # The TLS parts of docs/deployment.md's nginx example, on two ports: one that requires a client
 # certificate (profile 3 only) and one where it is optional (profiles 2 and 3 side by side).
-NGINX_TLS_CONF = """\
-{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log {tmp}/nginx-access.log;
-    client_body_temp_path {tmp}/nginx-body;
-    proxy_temp_path {tmp}/nginx-proxy;
-    fastcgi_temp_path {tmp}/nginx-fastcgi;
-    uwsgi_temp_path {tmp}/nginx-uwsgi;
-    scgi_temp_path {tmp}/nginx-scgi;
-
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      close;
-    }}
-
+NGINX_TLS_CONF = (
+    NGINX_PREAMBLE
+    + """
     upstream chargegrid {{
         server 127.0.0.1:{node_port};
     }}
@@ -85,6 +78,7 @@ http {{
     }}
 }}
 """
+)
 
 PROXY_LOCATION = """\
 location / {
@@ -184,7 +178,7 @@ class TlsNginx:
         conf = self.tmp / "nginx.conf"
         conf.write_text(
             NGINX_TLS_CONF.format(
-                user="user root;" if os.geteuid() == 0 else "",
+                user=nginx_user(),
                 tmp=self.tmp,
                 node_port=self.node_port,
                 server_cert=self.pki.server_cert,
@@ -194,22 +188,7 @@ class TlsNginx:
                 port_optional=self.port_optional,
             )
         )
-        with (self.tmp / "nginx-stdout.log").open("ab") as out:
-            self.process = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                [
-                    binary,
-                    "-e",
-                    str(self.tmp / "nginx-error.log"),
-                    "-c",
-                    str(conf),
-                    "-p",
-                    str(self.tmp),
-                    "-g",
-                    "daemon off;",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = start_nginx(binary, self.tmp, conf)
         for port in (self.port_required, self.port_optional):
             await wait_for_port(port, self.process, self.tmp / "nginx-error.log")
 
@@ -221,20 +200,6 @@ class TlsNginx:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
-
-
-async def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited; see {log}")
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 async def upgrade_status(url: str, **kwargs: Any) -> int:

@@ -26,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 from chargegrid.app import build_app
 from chargegrid.config import Settings, UnknownChargePointPolicy
 from chargegrid.gateway.connection import ConnectionClosed
-from support import RunningServer, charge_point, raw_socket, running_server
+from support import RunningServer, charge_point, raw_socket, running_server, serving
 
 KEY = "0123456789abcdef0123"
 
@@ -99,19 +99,8 @@ async def running_tls_server(
         ssl_certfile=str(certfile),
         ssl_keyfile=str(keyfile),
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(config) as (_server, port):
         yield RunningServer(app, "127.0.0.1", port)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

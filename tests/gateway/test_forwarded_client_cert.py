@@ -33,7 +33,7 @@ from chargegrid.app import build_app
 from chargegrid.config import Settings
 from chargegrid.store import charge_points as cp_store
 from chargegrid.store.database import writing
-from support import RunningServer
+from support import RunningServer, serving
 
 KEY = "0123456789abcdef0123"
 CERT_HEADER = "X-SSL-Client-Cert"
@@ -73,15 +73,7 @@ async def proxied_node(settings: Settings) -> AsyncIterator[RunningServer]:
         lifespan="on",
         log_level="warning",
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
+    async with serving(config) as (_server, port):
         running = RunningServer(app, "127.0.0.1", port)
         async with writing(running.node.engine).begin() as connection:
             # Profile 3 is provisioned in the store directly (admin accepts profiles 0-2).
@@ -89,9 +81,6 @@ async def proxied_node(settings: Settings) -> AsyncIterator[RunningServer]:
                 await cp_store.add(connection, identity, now=datetime.now(UTC), security_profile=3)
         await running.add_charge_point("CP2", security_profile=2, auth_key=KEY)
         yield running
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 def basic(identity: str, key: str) -> dict[str, str]:

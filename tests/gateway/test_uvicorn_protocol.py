@@ -15,6 +15,7 @@ import uvicorn
 import websockets
 
 from chargegrid.gateway.uvicorn_protocol import LeanWebSocketProtocol, _Flag, _ReceiveQueue
+from support import serving
 
 # -- the receive queue ---------------------------------------------------------------------
 
@@ -142,18 +143,8 @@ async def _server() -> AsyncIterator[tuple[uvicorn.Server, int]]:
         lifespan="off",
         log_level="warning",
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("server stopped before it started")
-            await asyncio.sleep(0.01)
-        yield server, server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
+    async with serving(config) as running:
+        yield running
 
 
 async def test_a_server_with_the_lean_protocol_serves_websockets() -> None:
