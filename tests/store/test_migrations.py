@@ -1,6 +1,7 @@
 """The shipped migrations build exactly the schema ``store/tables.py`` declares, on SQLite and
-PostgreSQL, and migration 0006 (the sample index re-ordered, one index dropped) goes down and up
-again with data in place. Nothing else checks that the two descriptions of the schema agree."""
+PostgreSQL, and migrations 0006 and 0007 (the sample index re-ordered twice, one index dropped)
+go down and up again with data in place. Nothing else checks that the two descriptions of the
+schema agree."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from chargegrid.store.tables import charge_points, metadata, meter_values
 
 SAMPLE_COLUMNS = [
     "charge_point_id",
-    "measurand",
     "timestamp",
+    "measurand",
     "connector_id",
     "coalesce(transaction_id, 0)",
     "coalesce(phase, '')",
@@ -114,12 +115,12 @@ async def test_a_series_range_query_uses_the_sample_index(database_url: str) -> 
             ),
         )
         assert "uq_meter_values_sample" in plan
-        assert "charge_point_id=? AND measurand=? AND timestamp>? AND timestamp<?" in plan
+        assert "charge_point_id=? AND timestamp>? AND timestamp<?" in plan
     finally:
         await engine.dispose()
 
 
-async def test_0006_goes_down_and_up_with_values_in_place(database_url: str) -> None:
+async def test_0006_and_0007_go_down_and_up_with_values_in_place(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         await upgrade(engine)
@@ -154,12 +155,16 @@ async def test_0006_goes_down_and_up_with_values_in_place(database_url: str) -> 
         def down_and_up(connection: Connection) -> None:
             config = alembic_config()
             config.attributes["connection"] = connection
+            command.downgrade(config, "0006")
+            leading = _sample_index(connection)[:3]
+            assert leading == ["charge_point_id", "measurand", "timestamp"]
             command.downgrade(config, "0005")
             assert "ix_meter_values_cp_measurand_ts" in _index_names(connection)
             command.upgrade(config, "head")
 
         await _sync(engine, down_and_up)
         assert await _sync(engine, _differences) == []
+        assert await _sync(engine, _sample_index) == [c.lower() for c in SAMPLE_COLUMNS]
         count = await _sync(
             engine, lambda c: c.exec_driver_sql("SELECT count(*) FROM meter_values").scalar_one()
         )

@@ -98,3 +98,68 @@ async def test_scopes_follow_what_charge_points_report(server: RunningServer) ->
         assert latest is not None and latest.value == 231.0 and latest.unit == "V"
         assert await queries.energy_since(t0) == 2000.0
         assert [c.connector_id for c in await queries.connectors("CP-A")] == [0, 1]
+
+
+async def test_latest_value_of_a_rare_measurand_before_and_after_rollups_merge(
+    server: RunningServer,
+) -> None:
+    """The sample index leads with (charge point, timestamp), so the latest value of a measurand
+    is searched from the series' newest hourly rollup on (store/queries.py); the answer must be
+    the same whether the newest values are merged into rollups yet or not, and a newer value
+    without a number (signed data) still counts as the latest."""
+    await server.add_charge_point("CP-R")
+    t0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
+    queries = server.node.queries
+
+    def values(at: datetime, soc: dict[str, str] | None) -> dict[str, object]:
+        sampled: list[dict[str, str]] = [
+            {"value": "7000", "measurand": "Power.Active.Import", "unit": "W"}
+        ]
+        if soc is not None:
+            sampled.append({"measurand": "SoC", "unit": "Percent", **soc})
+        return {"timestamp": _iso(at), "sampledValue": sampled}
+
+    async with charge_point(server, "CP-R") as cp:
+        await cp.call(call.BootNotification(charge_point_vendor="V", charge_point_model="M"))
+        # SoC once at 06:00, then five hours of power only.
+        await cp.call(
+            call.MeterValues(
+                connector_id=1,
+                meter_value=[values(t0, {"value": "40"})]
+                + [values(t0 + timedelta(minutes=m), None) for m in range(10, 300, 10)],
+            )
+        )
+        latest = await queries.latest_meter_value("CP-R", "soc")
+        assert latest is not None and latest.value == 40.0 and latest.timestamp == t0
+        await server.node.rollups.settle(server.node.writer)
+        latest = await queries.latest_meter_value("CP-R", "soc")
+        assert latest is not None and latest.value == 40.0
+
+        # A newer SoC, not merged into rollups yet: newer than the rollup's hour, so found.
+        later = t0 + timedelta(hours=4, minutes=5)
+        await cp.call(
+            call.MeterValues(connector_id=1, meter_value=[values(later, {"value": "80"})])
+        )
+        latest = await queries.latest_meter_value("CP-R", "soc")
+        assert latest is not None and latest.value == 80.0 and latest.timestamp == later
+        # An older one arriving late (an offline queue) does not displace it.
+        await cp.call(
+            call.MeterValues(
+                connector_id=1, meter_value=[values(t0 + timedelta(hours=1), {"value": "55"})]
+            )
+        )
+        await server.node.rollups.settle(server.node.writer)
+        latest = await queries.latest_meter_value("CP-R", "soc")
+        assert latest is not None and latest.value == 80.0
+
+        # Signed data (no number, so no rollup) newer than every numeric SoC is the latest.
+        signed = later + timedelta(minutes=1)
+        await cp.call(
+            call.MeterValues(
+                connector_id=1,
+                meter_value=[values(signed, {"value": "c2lnbmVk", "format": "SignedData"})],
+            )
+        )
+        latest = await queries.latest_meter_value("CP-R", "soc")
+        assert latest is not None and latest.timestamp == signed and latest.value is None
+        assert await queries.latest_meter_value("CP-R", "temperature") is None

@@ -47,23 +47,35 @@ def create_engine(
     )
 
 
+def configure_sqlite_connection(dbapi_connection: Any, synchronous: str) -> None:
+    """Every SQLite connection's settings: the engine's pool and the writer thread's
+    (store/sqlite_writer.py) alike."""
+    # Take transaction control away from the sqlite3 module so SQLAlchemy's BEGIN and
+    # SAVEPOINT work as written (SQLAlchemy docs, "Serializable isolation / Savepoints").
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    # Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: a group commit of a few
+    # hundred charge points' values dirties about one index page per charge point, so at
+    # the default nearly every commit also ran a checkpoint (docs/benchmarks.md: 10-20 %
+    # more round trips/s at N=500). Readers are unaffected; the WAL file is bigger.
+    cursor.execute("PRAGMA wal_autocheckpoint=10000")
+    # A page cache of up to 64 MiB (SQLite's default: 2 MiB), allocated as pages are used.
+    # The writer touches the tail page of the sample index for every charge point in a
+    # batch and the inner pages above them; at the default they were evicted between
+    # commits and read back each time (raw SQLite, 500 charge points: 29 -> 20 us of CPU
+    # per value; docs/benchmarks.md).
+    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.close()
+
+
 def _configure_sqlite(engine: AsyncEngine, synchronous: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
-        # Take transaction control away from the sqlite3 module so SQLAlchemy's BEGIN and
-        # SAVEPOINT work as written (SQLAlchemy docs, "Serializable isolation / Savepoints").
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        # Checkpoint the WAL every ~40 MB instead of SQLite's 4 MB: a group commit of a few
-        # hundred charge points' values dirties about one index page per charge point, so at
-        # the default nearly every commit also ran a checkpoint (docs/benchmarks.md: 10-20 %
-        # more round trips/s at N=500). Readers are unaffected; the WAL file is bigger.
-        cursor.execute("PRAGMA wal_autocheckpoint=10000")
-        cursor.close()
+        configure_sqlite_connection(dbapi_connection, synchronous)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:

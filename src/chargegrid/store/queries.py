@@ -19,7 +19,14 @@ from sqlalchemy import Select, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chargegrid.store.records import ChargePoint, Connector, MeterValue, Transaction
-from chargegrid.store.tables import charge_points, connectors, meter_values, transactions
+from chargegrid.store.rollups import HOUR
+from chargegrid.store.tables import (
+    charge_points,
+    connectors,
+    meter_rollups,
+    meter_values,
+    transactions,
+)
 
 # The reference guide's measurand scopes (``meter_values.energy`` etc.).
 MEASURANDS: dict[str, str] = {
@@ -195,5 +202,35 @@ class Queries:
     async def latest_meter_value(
         self, identity: str, measurand: str, *, phase: str | None = None
     ) -> MeterValue | None:
-        values = await self.meter_values(identity, measurand=measurand, phase=phase, limit=1)
+        """The newest value of ``measurand`` (by timestamp).
+
+        The sample index leads with (charge point, timestamp) (migration 0007), so an unbounded
+        search walks the charge point's values back until one of ``measurand`` turns up: for a
+        rare measurand, its whole history. The series' newest hourly rollup bounds it: the
+        newest value is at or after the start of that hour (values not merged into rollups yet
+        are newer still or do not matter). Without a rollup (no numeric value yet, or rollups
+        deleted) the search is unbounded.
+        """
+        name = measurand_name(measurand)
+        bucket = meter_rollups.c.bucket
+        query = (
+            select(func.max(bucket))
+            .join(charge_points, charge_points.c.id == meter_rollups.c.charge_point_id)
+            .where(
+                charge_points.c.identity == identity,
+                meter_rollups.c.measurand == name,
+                meter_rollups.c.resolution == HOUR,
+            )
+        )
+        if phase is not None:
+            query = query.where(meter_rollups.c.phase == phase)
+        async with self._engine.connect() as connection:
+            since = await connection.scalar(query)
+        if since is not None:
+            values = await self.meter_values(
+                identity, measurand=name, phase=phase, since=since, limit=1
+            )
+            if values:
+                return values[0]
+        values = await self.meter_values(identity, measurand=name, phase=phase, limit=1)
         return values[0] if values else None

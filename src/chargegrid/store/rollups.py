@@ -133,7 +133,7 @@ async def register_window(
 
     Ordered by (timestamp, value); the flag says whether a reading after ``last`` exists.
     Three index range scans on ``uq_meter_values_sample`` (it leads with charge point,
-    measurand, timestamp).
+    timestamp; the rest of the series is matched inside the index entries).
     """
     mv = meter_values.c
     where = _series_filter(series)

@@ -169,13 +169,15 @@ meter_values = Table(
 
 # DESIGN.md guarantee 2: a replayed sample is stored once; inserts use ON CONFLICT DO NOTHING.
 # transaction_id and phase are nullable, and NULLs never collide in a unique index, hence coalesce.
-# It leads with (charge point, measurand, timestamp) so that it also serves per-series range
-# queries: one B-tree keyed by charge point per value, not two (migration 0006).
+# It leads with (charge point, timestamp) so that it also serves a charge point's range queries
+# (one B-tree keyed by charge point per value, not two: migration 0006), and so that a message's
+# values sit side by side on the charge point's one tail page: each commit writes one page per
+# charge point in the batch, not one per series (migration 0007).
 Index(
     "uq_meter_values_sample",
     meter_values.c.charge_point_id,
-    meter_values.c.measurand,
     meter_values.c.timestamp,
+    meter_values.c.measurand,
     meter_values.c.connector_id,
     func.coalesce(meter_values.c.transaction_id, 0),
     func.coalesce(meter_values.c.phase, ""),
