@@ -77,6 +77,7 @@ from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_values import insert_statement
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.queries import Queries
+from chargegrid.store.sqlite_writer import SqliteWriter, database_path
 from chargegrid.web import pages as web_pages
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ class ChargeGrid:
             merge_interval=settings.rollup_merge_interval_ms / 1000.0,
         )
         self.writer.sinks[meter_insert] = self.rollups
+        self.sqlite_writer: SqliteWriter | None = None
+        path = database_path(settings.database_url)
+        if path is not None and self.rollups.deferred:
+            self.sqlite_writer = SqliteWriter(path, settings.sqlite_synchronous)
+            self.rollups.use_writer(self.sqlite_writer, self.engine)
         self.live_stats = LiveStats(
             self.bus,
             self.clock,
@@ -350,6 +356,8 @@ class ChargeGrid:
         await self.retention.stop()
         await self.alerts.stop()
         await self.writer.stop()
+        if self.sqlite_writer is not None:
+            await self.sqlite_writer.close()
         await self.live_stats.stop()
         await self.stats_publisher.stop()
         await self.live_stats_publisher.stop()

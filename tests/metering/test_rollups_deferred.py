@@ -1,14 +1,16 @@
 """SQLite's deferred rollup merging at its edges (metering/rollups.py, docs/metering.md).
 
 The property test in test_rollups.py covers arrival orders, crashes and rebuilds; these cover what
-it cannot generate: a charge point removed while its rollups wait in memory, and SQLite handing
-out again the ids of deleted top rows, which lie below the watermark.
+it cannot generate: a charge point removed while its rollups wait in memory, SQLite handing out
+again the ids of deleted top rows, which lie below the watermark, and a whole batch failing to
+commit after its values were counted.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, func, select
@@ -19,7 +21,7 @@ from chargegrid import admin
 from chargegrid.metering.rollups import RollupMaintainer, rebuild
 from chargegrid.store import rollups as rollup_store
 from chargegrid.store.database import create_engine, writing
-from chargegrid.store.group_commit import GroupCommitter
+from chargegrid.store.group_commit import GroupCommitter, StoreUnavailable
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.tables import charge_points, meter_values
 
@@ -124,4 +126,38 @@ async def test_reused_ids_below_the_watermark_are_counted_at_once(
         await writer.stop()
     writer, sink = await running(engine)
     await writer.stop()
+    await assert_exact(engine)
+
+
+async def test_a_failed_commit_is_not_counted(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Values are counted in memory as they are inserted; when the batch's commit then fails
+    (nothing of it is stored), the next merge counts from the database instead."""
+    a = await cp_id(engine, "CPA")
+    writer, sink = await running(engine)
+    try:
+        await writer.insert(sink.insert, [row(a, 1, m, ENERGY, 100.0 * m) for m in range(3)])
+
+        # The batch's commit fails after its values were inserted and counted (an injected
+        # failure: the last statement of the batch raises).
+        real_finish = sink.finish
+
+        async def failing_finish(connection: Any, *, final: bool) -> None:
+            await real_finish(connection, final=final)
+            raise OSError("disk full")
+
+        monkeypatch.setattr(sink, "finish", failing_finish)
+        with pytest.raises(StoreUnavailable):
+            await writer.insert(sink.insert, [row(a, 1, m, ENERGY, 50.0 * m) for m in (4, 5)])
+        monkeypatch.undo()
+        await writer.insert(sink.insert, [row(a, 1, 6, ENERGY, 900.0), row(a, 1, 7, POWER, 7.0)])
+        await sink.settle(writer)
+        assert sink.stats.recounts == 1
+        await assert_exact(engine)
+        async with engine.connect() as connection:
+            minutes = (await connection.execute(select(meter_values.c.value))).scalars().all()
+        assert sorted(minutes) == [0.0, 7.0, 100.0, 200.0, 900.0]  # the failed batch's are not
+    finally:
+        await writer.stop()
     await assert_exact(engine)

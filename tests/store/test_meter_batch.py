@@ -26,6 +26,7 @@ from chargegrid.store.meter_batch import (
     sqlite_text,
 )
 from chargegrid.store.migrate import upgrade
+from chargegrid.store.sqlite_writer import Abandon, SqliteWriter
 from chargegrid.store.tables import meter_rollups, meter_values
 
 BASE = datetime(2026, 3, 29, 0, 59, 59, 999_999, tzinfo=UTC)
@@ -138,7 +139,7 @@ async def test_merges_through_either_path_give_the_same_rollups(
                 )
             )
     assert results[0] == results[1]
-    assert results[0] and all(r[8] == 2 * partial.by_key[_key(r)].count for r in results[0])
+    assert results[0] and all(r[8] == 2 * partial.complete()[_key(r)].count for r in results[0])
 
 
 def _key(row: Any) -> Any:
@@ -157,3 +158,55 @@ def _key(row: Any) -> Any:
 def test_sqlite_text_refuses_naive_datetimes() -> None:
     with pytest.raises(ValueError, match="aware"):
         sqlite_text(datetime(2026, 1, 1))  # naive: the point of the test
+
+
+async def test_the_writer_thread_insert_returns_what_returning_would(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """``insert_sync`` (the writer thread's, without RETURNING) hands back exactly the rows
+    and lowest id the RETURNING insert gives: all new, some replayed (across a chunk border),
+    all replayed; and gives up when an id is not above the watermark it is told."""
+    values = rows(2500)
+    path = str(tmp_path / "batch.db")
+    writer = SqliteWriter(path, "OFF")
+    batch = SqliteMeterBatch()
+
+    async def alone(part: list[dict[str, Any]], above: int = 0) -> Any:
+        return await writer.transaction(lambda c: batch.insert_sync(c, part, above=above))
+
+    def shaped(result: Any) -> list[Any]:
+        return sorted((tuple(r) for r in result.rows), key=repr)
+
+    try:
+        first = await alone(values[:1200])
+        assert len(first.rows) == 1200 and first.first_id == 1
+        # 1,000-row chunks: the replays straddle the first chunk's end.
+        mixed = await alone(values[900:2500])
+        assert mixed.first_id == 1201
+        other = create_engine(
+            f"sqlite+aiosqlite:///{tmp_path / 'ret.db'}", sqlite_synchronous="OFF"
+        )
+        try:
+            await upgrade(other)
+            async with writing(other).begin() as connection:
+                await admin.add_charge_point(connection, "CP1", now=BASE, hash_iterations=1000)
+            async with writing(other).begin() as connection:
+                await batch.insert(connection, values[:1200])
+                expected = await batch.insert(connection, values[900:2500])
+        finally:
+            await other.dispose()
+        assert shaped(mixed) == shaped(expected)
+        assert len(mixed.rows) == 1300
+        assert all(r[3].tzinfo is UTC for r in mixed.rows)
+        replayed = await alone(values[100:200])
+        assert replayed.rows == [] and replayed.first_id == 0
+        # SQLite hands out the ids of deleted top rows again: below the watermark, refused.
+        async with writing(engine).begin() as connection:
+            await connection.execute(text("DELETE FROM meter_values WHERE id > 2400"))
+        with pytest.raises(Abandon):
+            await alone(values[2400:], above=2500)
+        async with engine.connect() as connection:
+            count = await connection.scalar(text("SELECT count(*) FROM meter_values"))
+        assert count == 2400  # rolled back
+    finally:
+        await writer.close()

@@ -35,8 +35,15 @@ from chargegrid.store import meter_values as meter_store
 from chargegrid.store import rollups as rollup_store
 from chargegrid.store.database import writing
 from chargegrid.store.group_commit import GroupCommitter
-from chargegrid.store.meter_batch import ROLLUP_COLUMNS, MeterBatch, RollupValues, meter_batch
+from chargegrid.store.meter_batch import (
+    ROLLUP_COLUMNS,
+    MeterBatch,
+    RollupValues,
+    SqliteMeterBatch,
+    meter_batch,
+)
 from chargegrid.store.rollups import DAY, HOUR, Reading, SeriesKey
+from chargegrid.store.sqlite_writer import Abandon, SqliteWriter
 from chargegrid.store.tables import meter_rollups
 
 log = logging.getLogger(__name__)
@@ -155,15 +162,20 @@ class Aggregate:
 
 
 class Rollups:
-    """Partial aggregates of one batch (or of a whole recompute), by rollup key."""
+    """Partial aggregates of one batch (or of a whole recompute), by rollup key.
+
+    Values are counted into their hour only (this is per value, the hot path); each day is
+    folded from its hours when the rows are taken (:meth:`complete`): the same aggregate, since
+    every field merges associatively, at one fold per hour instead of one add per value.
+    """
 
     def __init__(self) -> None:
-        self.by_key: dict[RollupKey, Aggregate] = {}
+        self.by_key: dict[RollupKey, Aggregate] = {}  # hourly keys only
         # Register readings by series, and each series' unit.
         self.registers: dict[SeriesKey, list[Reading]] = {}
         self.units: dict[SeriesKey, str] = {}
-        # A batch's values share few timestamps: their hour and day are computed once each.
-        self._buckets: dict[datetime, tuple[datetime, datetime]] = {}
+        # A batch's values share few timestamps: each one's hour is computed once.
+        self._hours: dict[datetime, datetime] = {}
 
     def add(self, row: Sequence[Any]) -> None:
         """Add a row shaped like :data:`chargegrid.store.rollups.RETURNED`."""
@@ -173,19 +185,16 @@ class Rollups:
         value = float(value)
         phase = phase or ""
         register = is_register(measurand)
-        buckets = self._buckets.get(at)
-        if buckets is None:
-            buckets = self._buckets[at] = hour_and_day(at)
-        hour, day = buckets
-        by_key = self.by_key
-        for key in (
-            (charge_point_id, measurand, HOUR, hour, connector_id, phase, location),
-            (charge_point_id, measurand, DAY, day, connector_id, phase, location),
-        ):
-            aggregate = by_key.get(key)
-            if aggregate is None:
-                aggregate = by_key[key] = Aggregate(unit, register)
-            aggregate.add(at, value)
+        hour = self._hours.get(at)
+        if hour is None:
+            if len(self._hours) >= 4096:  # a long-lived partial (deferred merging) sees many
+                self._hours.clear()
+            hour = self._hours[at] = at.replace(minute=0, second=0, microsecond=0)
+        key = (charge_point_id, measurand, HOUR, hour, connector_id, phase, location)
+        aggregate = self.by_key.get(key)
+        if aggregate is None:
+            aggregate = self.by_key[key] = Aggregate(unit, register)
+        aggregate.add(at, value)
         if register:
             series = (charge_point_id, connector_id, measurand, phase, location)
             readings = self.registers.get(series)
@@ -200,19 +209,13 @@ class Rollups:
         if energy == 0.0:
             return
         charge_point_id, connector_id, measurand, phase, location = series
-        buckets = self._buckets.get(at)
-        if buckets is None:
-            buckets = self._buckets[at] = hour_and_day(at)
-        hour, day = buckets
-        for key in (
-            (charge_point_id, measurand, HOUR, hour, connector_id, phase, location),
-            (charge_point_id, measurand, DAY, day, connector_id, phase, location),
-        ):
-            aggregate = self.by_key.get(key)
-            if aggregate is None:
-                # A correction to a bucket this batch has no values for (a successor's step).
-                aggregate = self.by_key[key] = Aggregate(self.units[series], True)
-            aggregate.energy = (aggregate.energy or 0.0) + energy
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        key = (charge_point_id, measurand, HOUR, hour, connector_id, phase, location)
+        aggregate = self.by_key.get(key)
+        if aggregate is None:
+            # A correction to a bucket this batch has no values for (a successor's step).
+            aggregate = self.by_key[key] = Aggregate(self.units[series], True)
+        aggregate.energy = (aggregate.energy or 0.0) + energy
 
     def credit_chain(self, series: SeriesKey, chain: Iterable[Reading], sign: float = 1.0) -> None:
         """Credit every reading of ``chain`` but the first its step from the one before."""
@@ -222,21 +225,26 @@ class Rollups:
                 self.credit(series, reading[0], sign * step(previous[1], reading[1]))
             previous = reading
 
+    def complete(self) -> dict[RollupKey, Aggregate]:
+        """Every partial aggregate: the hours counted, and each day folded from its hours."""
+        days: dict[RollupKey, Aggregate] = {}
+        for key, hour in self.by_key.items():
+            cp, measurand, _hour, bucket, connector, phase, location = key
+            day_key = (cp, measurand, DAY, bucket.replace(hour=0), connector, phase, location)
+            day = days.get(day_key)
+            if day is None:
+                day = days[day_key] = Aggregate(hour.unit, False)
+                day.energy = None  # a register's hours bring theirs
+            unit = day.unit  # as when counted directly: the unit of the day's first value
+            day.absorb(hour)
+            day.unit = unit
+        return {**self.by_key, **days}
+
     def rows(self) -> list[dict[str, Any]]:
-        return [aggregate.row(key) for key, aggregate in self.by_key.items()]
+        return [aggregate.row(key) for key, aggregate in self.complete().items()]
 
     def values(self) -> list[RollupValues]:
-        return [aggregate.values(key) for key, aggregate in self.by_key.items()]
-
-    def absorb(self, other: Rollups) -> None:
-        """Fold ``other``'s partial aggregates into these (``other`` is consumed)."""
-        by_key = self.by_key
-        for key, aggregate in other.by_key.items():
-            mine = by_key.get(key)
-            if mine is None:
-                by_key[key] = aggregate
-            else:
-                mine.absorb(aggregate)
+        return [aggregate.values(key) for key, aggregate in self.complete().items()]
 
 
 def recompute(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Aggregate]:
@@ -246,7 +254,7 @@ def recompute(rows: Iterable[Sequence[Any]]) -> dict[RollupKey, Aggregate]:
         rollups.add(row)
     for series, readings in rollups.registers.items():
         rollups.credit_chain(series, sorted(readings))
-    return rollups.by_key
+    return rollups.complete()
 
 
 @dataclass(slots=True)
@@ -255,6 +263,7 @@ class RollupStats:
     duplicates: int = 0  # rows skipped by ON CONFLICT DO NOTHING
     rollup_rows: int = 0  # partial aggregates merged
     lookups: int = 0  # out-of-order or cold series read back from the database
+    recounts: int = 0  # merges that counted from the database after a failure (see _recount)
 
 
 class RollupMaintainer:
@@ -284,10 +293,16 @@ class RollupMaintainer:
         self._inserted = False  # the open batch stored values
         self._merge_interval = merge_interval
         self._merge_limit = merge_limit
-        self._uncounted = Rollups()  # committed values not yet merged into meter_rollups
-        self._layer = Rollups()  # the open batch's values
-        self._unit_layer = Rollups()  # the running unit's values (its savepoint may roll back)
-        self._in_unit = False
+        # Values stored above the watermark and not merged into meter_rollups yet, the open
+        # batch's included: counted here as they are inserted (no per-batch partial to fold
+        # in: this is the hot path). A batch that fails, or a unit whose savepoint rolls back,
+        # leaves counts of values that were never stored: then ``_recount`` says these are
+        # wrong, and the next merge counts what is above the watermark from the database
+        # instead (as recover() does after a crash).
+        self._uncounted = Rollups()
+        self._counted = 0  # values counted into _uncounted, ever
+        self._batch_counted = 0  # ... at the start of the open batch
+        self._recount = False
         self._merging = False  # the open batch merges (and advances the watermark)
         self._merged_at = time.monotonic()
         self._merge_wanted = False
@@ -301,6 +316,9 @@ class RollupMaintainer:
         self._cache_limit = cache_limit
         self._connections: dict[int, object] = {}
         self._pending: list[Sequence[Any]] = []
+        self._writer: SqliteWriter | None = None  # use_writer()
+        self._engine: AsyncEngine | None = None
+        self._sqlite_batch = SqliteMeterBatch()
         self.observers: list[Callable[[list[Sequence[Any]]], None]] = []
         self.stats = RollupStats()
 
@@ -322,10 +340,8 @@ class RollupMaintainer:
             # SQLite reuses the ids of deleted top rows (a removed charge point's values): such
             # a row is below the watermark, which promises it is counted, so it is merged now.
             if result.first_id > self._watermark:
-                # Counted straight into the open layer (no per-batch partial to fold in: this
-                # is the hot path); a failed commit or rolled-back unit drops the layer whole.
-                layer = self._unit_layer if self._in_unit else self._layer
-                await self._count(connection, inserted, layer)
+                await self._count(connection, inserted, self._uncounted)
+                self._counted += len(inserted)
             else:
                 await self.merge(connection, inserted)
         else:
@@ -343,30 +359,17 @@ class RollupMaintainer:
                 # deferred, and for rebuilds.
                 await rollup_store.advance_watermark(connection)
             return
-        self._end_unit()
-        due = (
-            final
-            or self._merge_wanted
-            or time.monotonic() - self._merged_at >= self._merge_interval
-            or len(self._uncounted.by_key) + len(self._layer.by_key) >= self._merge_limit
-        )
-        if not due:
+        if not self._merge_due(final):
             return
-        # Both layers are left as they are (a failed commit must find them so): a key in both
-        # is combined in a copy, every other aggregate is read as it stands.
-        batch = self._layer.by_key
-        values = []
-        for key, aggregate in self._uncounted.by_key.items():
-            other = batch.get(key)
-            if other is not None:
-                combined = Aggregate(aggregate.unit, False)
-                combined.energy = None
-                combined.absorb(aggregate)
-                combined.absorb(other)
-                aggregate = combined
-            values.append(aggregate.values(key))
-        uncounted = self._uncounted.by_key
-        values += [a.values(key) for key, a in batch.items() if key not in uncounted]
+        if self._recount:
+            if self._watermark is None:
+                self._watermark = await rollup_store.watermark(connection)
+            self._clear()  # the cache may hold readings that were never stored
+            rows = await rollup_store.uncounted(connection, self._watermark)
+            self.stats.recounts += 1
+            values = (await self._count(connection, rows)).values()
+        else:
+            values = self._uncounted.values()
         if values:
             # A charge point removed since (its values and rollups deleted with it, possibly by
             # the CLI in another process) must not fail every later merge on its foreign key.
@@ -378,10 +381,60 @@ class RollupMaintainer:
         self._next_watermark = await rollup_store.advance_watermark(connection)
         self._merging = True
 
+    def _merge_due(self, final: bool) -> bool:
+        """An interval has passed, a reader asked, the writer stops, memory is getting full,
+        or the counts in memory are wrong (``_recount``)."""
+        return (
+            final
+            or self._recount
+            or self._merge_wanted
+            or time.monotonic() - self._merged_at >= self._merge_interval
+            or len(self._uncounted.by_key) >= self._merge_limit
+        )
+
+    def use_writer(self, writer: SqliteWriter, engine: AsyncEngine) -> None:
+        """Commit batches of nothing but meter values through ``writer`` in one trip
+        (store/sqlite_writer.py) when merging is deferred and no merge is due; ``engine``
+        reads back the neighbours of out-of-order readings."""
+        self._writer = writer
+        self._engine = engine
+
+    async def write_alone(self, rows: list[dict[str, Any]]) -> bool:
+        """RowSink: insert ``rows`` and commit, counting them after the commit.
+
+        Counting after the commit is the same as counting inside it: with merging deferred the
+        counts are only memory until the next merge (a crash recounts from the watermark), and
+        this writer is the only one of meter values, so the committed state a read-back sees
+        is the one the transaction had.
+        """
+        writer = self._writer
+        watermark = self._watermark
+        if (
+            writer is None
+            or not self.deferred
+            or watermark is None  # read by the first batch, on the usual way
+            or self._merge_due(False)
+        ):
+            return False
+        batch = self._sqlite_batch
+        try:
+            result = await writer.transaction(lambda c: batch.insert_sync(c, rows, above=watermark))
+        except Abandon:
+            return False  # an id below the watermark: merged at once, on the usual way
+        inserted = result.rows
+        self.stats.rows += len(inserted)
+        self.stats.duplicates += len(rows) - len(inserted)
+        if inserted:
+            await self._count(None, inserted, self._uncounted)
+            self._counted += len(inserted)
+            if self.observers:
+                self._pending.extend(inserted)
+        return True
+
     @property
     def uncounted(self) -> int:
-        """Rollup rows waiting for the next deferred merge."""
-        return len(self._uncounted.by_key) + len(self._layer.by_key)
+        """Hourly rollup rows waiting for the next deferred merge."""
+        return len(self._uncounted.by_key)
 
     async def settle(self, writer: GroupCommitter) -> None:
         """Return once every value committed so far is merged into meter_rollups: a reader
@@ -401,34 +454,26 @@ class RollupMaintainer:
             self._connections[charge_point_id] = connection
             self._cached -= len(self._latest.pop(charge_point_id, ()))
 
-    def mark(self) -> int:
-        self._end_unit()  # the previous unit, if any, was released
-        self._in_unit = True
-        return len(self._pending)
+    def mark(self) -> tuple[int, int]:
+        return len(self._pending), self._counted
 
-    def rolled_back(self, mark: int) -> None:
+    def rolled_back(self, mark: tuple[int, int]) -> None:
         """A unit's savepoint was rolled back: forget what it wrote."""
-        del self._pending[mark:]
-        self._unit_layer = Rollups()
+        pending, counted = mark
+        del self._pending[pending:]
+        if self._counted != counted:
+            self._recount = True  # counts of values that are not stored
         self._clear()  # safe: the cache refills from the database
 
-    def _end_unit(self) -> None:
-        if self._unit_layer.by_key:
-            self._layer.absorb(self._unit_layer)
-            self._unit_layer = Rollups()
-        self._in_unit = False
-
     def committed(self) -> None:
-        self._end_unit()
         if self._merging:
             self._watermark = self._next_watermark
             self._uncounted = Rollups()
             self._merged_at = time.monotonic()
             self._merge_wanted = False
             self._merging = False
-        else:
-            self._uncounted.absorb(self._layer)
-        self._layer = Rollups()
+            self._recount = False
+        self._batch_counted = self._counted
         pending, self._pending = self._pending, []
         for observer in self.observers:
             try:
@@ -439,10 +484,10 @@ class RollupMaintainer:
     def failed(self) -> None:
         self._pending = []
         self._inserted = False
-        self._layer = Rollups()  # nothing of this batch is stored
-        self._unit_layer = Rollups()
-        self._in_unit = False
-        self._merging = False  # nor its merge: the uncounted rollups are still to merge
+        if self._counted != self._batch_counted:
+            self._recount = True  # nothing of this batch is stored, but it was counted
+            self._batch_counted = self._counted
+        self._merging = False  # nor its merge: the uncounted values are still to merge
         self._clear()
 
     def _clear(self) -> None:
@@ -460,12 +505,13 @@ class RollupMaintainer:
 
     async def _count(
         self,
-        connection: AsyncConnection,
+        connection: AsyncConnection | None,
         inserted: Sequence[Sequence[Any]],
         rollups: Rollups | None = None,
     ) -> Rollups:
         """The partial rollups of freshly ``inserted`` rows, energy credits included, added to
-        ``rollups`` (a new one by default)."""
+        ``rollups`` (a new one by default). Without ``connection``, read-backs take one of
+        the engine's."""
         if rollups is None:
             rollups = Rollups()
         add = rollups.add
@@ -494,7 +540,7 @@ class RollupMaintainer:
 
     async def _credit_energy(
         self,
-        connection: AsyncConnection,
+        connection: AsyncConnection | None,
         rollups: Rollups,
         series: SeriesKey,
         readings: list[Reading],
@@ -512,9 +558,17 @@ class RollupMaintainer:
         # Out of order, or a series not seen since start: the readings are already inserted
         # (same transaction), so read the neighbourhood back and merge the change in credits.
         self.stats.lookups += 1
-        chain, has_successor = await rollup_store.register_window(
-            connection, series, readings[0][0], readings[-1][0]
-        )
+        first, last = readings[0][0], readings[-1][0]
+        if connection is None:
+            assert self._engine is not None  # use_writer()
+            async with self._engine.connect() as reader:
+                chain, has_successor = await rollup_store.register_window(
+                    reader, series, first, last
+                )
+        else:
+            chain, has_successor = await rollup_store.register_window(
+                connection, series, first, last
+            )
         before = list(chain)
         for reading in readings:
             before.remove(reading)

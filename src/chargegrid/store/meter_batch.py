@@ -18,6 +18,7 @@ protocol does the per-row work.
 from __future__ import annotations
 
 import operator
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chargegrid.store import meter_values as meter_store
 from chargegrid.store import rollups as rollup_store
+from chargegrid.store.sqlite_writer import Abandon
 from chargegrid.store.tables import meter_rollups, meter_values
 
 # Columns of a rollup row in the order of :data:`RollupValues`.
@@ -114,14 +116,23 @@ def sqlite_text(value: datetime) -> str:
 
 
 @lru_cache(maxsize=64)
-def _insert_sql(count: int) -> str:
+def _insert_sql(count: int, returning: bool = True) -> str:
     placeholders = "(" + ", ".join("?" * len(INSERT_COLUMNS)) + ")"
     return (
         f"INSERT INTO meter_values ({', '.join(INSERT_COLUMNS)}) "
         f"VALUES {', '.join([placeholders] * count)} "
         # No conflict target: the unique index is on expressions (store/meter_values.py).
-        f"ON CONFLICT DO NOTHING RETURNING {', '.join(RETURNED_COLUMNS)}, id"
+        + (
+            f"ON CONFLICT DO NOTHING RETURNING {', '.join(RETURNED_COLUMNS)}, id"
+            if returning
+            else "ON CONFLICT DO NOTHING"
+        )
     )
+
+
+# The rows an insert just made, newest first (see SqliteMeterBatch.insert_sync).
+_NEWEST_SQL = f"SELECT {', '.join(RETURNED_COLUMNS)}, id FROM meter_values ORDER BY id DESC LIMIT ?"
+_RETURNED_FROM_ROW = operator.itemgetter(*RETURNED_COLUMNS)
 
 
 def _compiled_upsert() -> tuple[str, tuple[Any, ...]]:
@@ -148,6 +159,43 @@ async def _fetch_all(connection: AsyncConnection, sql: str, parameters: list[Any
     return await driver.execute_fetchall(sql, parameters)
 
 
+def _chunks(
+    rows: list[dict[str, Any]], returning: bool = True
+) -> tuple[list[tuple[str, list[Any]]], dict[str, datetime]]:
+    """The insert's statements with their parameters, and the datetime behind each timestamp
+    text (RETURNING hands back the text)."""
+    texts: dict[datetime, str] = {}
+    times: dict[str, datetime] = {}
+    others = _OTHER_COLUMNS
+    chunks = []
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start : start + _CHUNK]
+        parameters: list[Any] = []
+        for row in chunk:
+            at: datetime = row["timestamp"]
+            text = texts.get(at)
+            if text is None:
+                text = texts[at] = sqlite_text(at)
+                times[text] = at.astimezone(UTC)
+            parameters.append(text)
+            parameters += others(row)
+        chunks.append((_insert_sql(len(chunk), returning), parameters))
+    return chunks, times
+
+
+def _collect(inserted: Inserted, returned_rows: Any, times: dict[str, datetime]) -> None:
+    at_index = _RETURNED_AT
+    first_id = inserted.first_id
+    for returned in returned_rows:
+        values = list(returned)
+        row_id = values.pop()
+        if not first_id or row_id < first_id:
+            first_id = row_id
+        values[at_index] = times[values[at_index]]
+        inserted.rows.append(values)
+    inserted.first_id = first_id
+
+
 class SqliteMeterBatch:
     """The same statements as :class:`CoreMeterBatch`, as plain SQL with plain tuples."""
 
@@ -159,32 +207,48 @@ class SqliteMeterBatch:
         self._upsert_sql, self._upsert_constants = _compiled_upsert()
 
     async def insert(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> Inserted:
-        texts: dict[datetime, str] = {}
-        times: dict[str, datetime] = {}
-        others = _OTHER_COLUMNS
-        at_index = _RETURNED_AT
-        inserted: list[Sequence[Any]] = []
-        first_id = 0
-        for start in range(0, len(rows), _CHUNK):
+        chunks, times = _chunks(rows)
+        inserted = Inserted([], 0)
+        for sql, parameters in chunks:
+            _collect(inserted, await _fetch_all(connection, sql, parameters), times)
+        return inserted
+
+    def insert_sync(
+        self, connection: sqlite3.Connection, rows: list[dict[str, Any]], *, above: int
+    ) -> Inserted:
+        """The same insert on a plain sqlite3 connection (the writer thread's, inside its
+        transaction: store/sqlite_writer.py). Raises :class:`Abandon` if an id given is not
+        above ``above`` (SQLite reused the id of a deleted top row: the caller must merge
+        such rows at once, on its other path)."""
+        chunks, times = _chunks(rows, returning=False)
+        inserted = Inserted([], 0)
+        for start, (sql, parameters) in zip(range(0, len(rows), _CHUNK), chunks, strict=True):
             chunk = rows[start : start + _CHUNK]
-            parameters: list[Any] = []
-            for row in chunk:
-                at: datetime = row["timestamp"]
-                text = texts.get(at)
-                if text is None:
-                    text = texts[at] = sqlite_text(at)
-                    times[text] = at.astimezone(UTC)
-                parameters.append(text)
-                parameters += others(row)
-            returned_rows = await _fetch_all(connection, _insert_sql(len(chunk)), parameters)
-            for returned in returned_rows:
-                values = list(returned)
-                row_id = values.pop()
-                if not first_id or row_id < first_id:
-                    first_id = row_id
-                values[at_index] = times[values[at_index]]
-                inserted.append(values)
-        return Inserted(inserted, first_id)
+            cursor = connection.execute(sql, parameters)
+            made = cursor.rowcount
+            if made == len(chunk) and cursor.lastrowid is not None:
+                # Every row is new (no replay): they are the input rows, with consecutive ids
+                # ending at the last one. No RETURNING: the sqlite3 module steps once per
+                # returned row and hands the GIL back and forth each time, which under load
+                # costs far more than the insert.
+                first_id = cursor.lastrowid - made + 1
+                if not inserted.first_id or first_id < inserted.first_id:
+                    inserted.first_id = first_id
+                at_index = _RETURNED_AT
+                for row in chunk:
+                    values = list(_RETURNED_FROM_ROW(row))
+                    at = values[at_index]
+                    if at.tzinfo is not UTC:
+                        values[at_index] = at.astimezone(UTC)
+                    inserted.rows.append(values)
+            elif made:
+                # Some were replays: the new ones are the ``made`` highest ids (SQLite gives a
+                # new row the highest id + 1, and this transaction is the only writer).
+                newest = connection.execute(_NEWEST_SQL, (made,)).fetchall()
+                _collect(inserted, reversed(newest), times)
+        if inserted.rows and inserted.first_id <= above:
+            raise Abandon
+        return inserted
 
     async def merge(self, connection: AsyncConnection, rollups: list[RollupValues]) -> None:
         texts: dict[datetime | None, str | None] = {None: None}

@@ -1,0 +1,88 @@
+"""A thread of its own with a SQLite connection of its own: a whole transaction in one hop.
+
+Through SQLAlchemy's async adaptation of aiosqlite a group commit of meter values made about
+seven trips between the event loop and aiosqlite's thread (cursor, BEGIN, its fetch and close,
+the insert, COMMIT, the pool's rollback on return). Each trip waits for the thread to get the
+GIL and then for the event loop to come round to the answer: under load, with hundreds of
+charge points' messages between two turns of the loop, 80-100 ms per commit of a few hundred
+messages, most of it waiting. Here ``BEGIN IMMEDIATE``, the work and ``COMMIT`` run as one
+function in this writer's thread: one trip per batch (docs/architecture.md).
+
+Only the group commit's common case uses it (store/group_commit.py, metering/rollups.py): a
+batch of nothing but meter values when no rollup merge is due. Everything else keeps SQLAlchemy.
+The connection is configured exactly as the engine's (store/database.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from sqlalchemy.engine import make_url
+
+from chargegrid.store.database import configure_sqlite_connection
+
+T = TypeVar("T")
+
+
+class Abandon(Exception):
+    """Raised by the work to roll its transaction back quietly."""
+
+
+def database_path(url: str) -> str | None:
+    """The file behind a SQLite URL; None for anything else (a second connection to an
+    in-memory database would open a different, empty one)."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or parsed.query.get("mode") == "memory":
+        return None
+    return database
+
+
+class SqliteWriter:
+    """Runs ``work(connection)`` inside ``BEGIN IMMEDIATE`` .. ``COMMIT`` in its own thread."""
+
+    def __init__(self, path: str, synchronous: str = "FULL") -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._connection: sqlite3.Connection | None = None
+
+    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """The work's result once committed. Its exception (after a rollback) is raised; an
+        :class:`Abandon` too, so the caller can take another way."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._transaction, work)
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        connection = self._connection
+        if connection is None:
+            connection = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
+            configure_sqlite_connection(connection, self._synchronous)
+            self._connection = connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(connection)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise
+        return result
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
