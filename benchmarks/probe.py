@@ -1,0 +1,144 @@
+"""Probe one chargegrid server under the closed-loop throughput load, for tuning work.
+
+``.venv/bin/python benchmarks/probe.py [--runs 4] [--size 500] [--sampled 3] [--rate R]
+[--perf] [--pyspy] [--env NAME=VALUE ...]``
+
+Starts ``chargegrid serve`` on a fresh SQLite file pinned to core 0 (the load generator runs
+on core 1), then runs the throughput scenario ``--runs`` times back to back on the same server,
+printing round trips/s, latency, server CPU per round trip and the group-commit histograms from
+``/metrics`` for each run. Unlike ``benchmarks/run`` it keeps the server (and its growing
+database) across runs: the figures show the decline from an empty database to the steady state.
+``--perf`` / ``--pyspy`` profile the last run (``perf record`` by DSO and symbol; py-spy on the
+event loop thread, raw collapsed stacks in the work directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from chargegrid.simulator import bench, loadgen
+
+
+def _metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"(chargegrid_group_commit_\w+?)(_sum|_count)? ([0-9.e+-]+)$", line)
+        if match:
+            out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return out
+
+
+def _profile(
+    pid: int, delay: float, seconds: float, workdir: Path, perf: bool, pyspy: bool
+) -> list[str]:
+    commands = []
+    if perf:
+        data = workdir / "perf.data"
+        commands.append(
+            [
+                *("perf", "record", "-q", "-F", "499", "-g", "-o", str(data), "-p", str(pid)),
+                *("--", "sleep", str(seconds)),
+            ]
+        )
+    if pyspy:
+        commands.append(
+            [
+                *(str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking"),
+                *("--threads", "-r", "200", "-f", "raw", "-d", str(int(seconds)), "-p", str(pid)),
+                *("-o", str(workdir / "pyspy.txt")),
+            ]
+        )
+    for command in commands:
+        # Start after the fleet has connected and warmed up: the steady state, not the storm.
+        shell = f"sleep {delay}; exec {' '.join(command)}"
+        subprocess.Popen(["sh", "-c", shell], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [" ".join(command) for command in commands]
+
+
+async def _main(args: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, {1})
+    workdir = Path(tempfile.mkdtemp(prefix="chargegrid-probe-"))
+    options = bench.BenchOptions(targets=("chargegrid",), sizes=(args.size,), storm=0, idle=0)
+    (target,) = bench._targets(options, workdir)
+    for pair in args.env:
+        name, _, value = pair.partition("=")
+        target.env[name] = value
+    bench._provision(target, options, 0, workdir)
+    url = f"ws://127.0.0.1:{target.port}/ocpp"
+    print(f"work directory {workdir}")
+    with bench.server_process(
+        target.command, target.port, workdir / "server.log", target.env, 0
+    ) as server:
+        # taskset execs the server: the pid is the server's own.
+        ids = bench._ids("TP", args.size)
+        for run in range(1, args.runs + 1):
+            before = _metrics(target.port)
+            if run == args.runs and (args.perf or args.pyspy):
+                for line in _profile(
+                    server.pid,
+                    args.profile_delay,
+                    args.duration - 1,
+                    workdir,
+                    args.perf,
+                    args.pyspy,
+                ):
+                    print(f"profiling: {line}")
+            started = time.perf_counter()
+            result = await loadgen.throughput(
+                url,
+                ids,
+                sampled=args.sampled,
+                warmup=args.warmup,
+                duration=args.duration,
+                server_pid=server.pid,
+                rate=args.rate,
+            )
+            after = _metrics(target.port)
+            delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+            batches = delta.get("chargegrid_group_commit_duration_seconds_count", 0.0) or 1.0
+            commit_ms = (
+                1000 * delta.get("chargegrid_group_commit_duration_seconds_sum", 0.0) / batches
+            )
+            items = delta.get("chargegrid_group_commit_batch_items_sum", 0.0) / batches
+            rate = result["round_trips_per_s"]
+            cpu = 100 * (result.get("server_cpu") or 0.0)
+            per_rt = 1e4 * cpu / rate if rate else 0.0
+            print(
+                f"run {run}: {rate:8.0f} rt/s  p50 {result['p50_ms']:6.1f} ms"
+                f"  p99 {result['p99_ms']:6.1f} ms  server CPU {cpu:5.1f} %"
+                f" ({per_rt:5.0f} us/rt)  loadgen CPU {100 * result['loadgen_cpu']:5.1f} %"
+                f"  commit {commit_ms:5.1f} ms x {items:5.0f} items"
+                f"  errors {result['errors']}  ({time.perf_counter() - started:.0f} s)"
+            )
+        if args.perf or args.pyspy:
+            await asyncio.sleep(2)
+            print(f"profiles in {workdir}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=4)
+    parser.add_argument("--size", type=int, default=500)
+    parser.add_argument("--sampled", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rate", type=float, default=None, help="paced total MeterValues/s")
+    parser.add_argument("--perf", action="store_true")
+    parser.add_argument("--pyspy", action="store_true")
+    parser.add_argument("--profile-delay", type=float, default=5.0, help="connect + warmup")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
+    asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
