@@ -59,9 +59,12 @@ class SeriesStats:
             self.at, self.value, self.unit = at, value, unit
         window = self.window
         window.append((at, value))
-        oldest = self.at - horizon
-        while window and window[0][0] < oldest:
-            window.popleft()
+        # Trimming only bounds memory (readers filter by time themselves), so it runs every
+        # 32nd value: it was a datetime subtraction per value on the hot path.
+        if not len(window) & 31:
+            oldest = self.at - horizon
+            while window and window[0][0] < oldest:
+                window.popleft()
 
     def snapshot(self, measurand: str, phase: str | None, horizon: timedelta) -> dict[str, Any]:
         assert self.at is not None
@@ -214,10 +217,13 @@ class LiveStats:
                 stats.register = float(session["meter_stop"])
             self._finish(stats)
 
-    @staticmethod
-    def _first_register(stats: SessionStats) -> float:
+    def _first_register(self, stats: SessionStats) -> float:
+        """The oldest register reading still in the window (it is trimmed lazily)."""
         series = stats.series.get((ENERGY, None))
-        return series.window[0][1] if series is not None and series.window else 0.0
+        if series is None or series.at is None:
+            return 0.0
+        oldest = series.at - self.horizon
+        return next((value for at, value in series.window if at >= oldest), 0.0)
 
     def _finish(self, stats: SessionStats) -> None:
         self._sessions.pop(stats.id, None)
@@ -233,22 +239,30 @@ class LiveStats:
         horizon = self.horizon
         connectors = self._connectors
         sessions = self._sessions
+        changed = self.changed
+        connector: ConnectorStats | None = None
         for charge_point_id, connector_id, tx, at, measurand, phase, location, unit, value in rows:
             if value is None:
                 continue
             value = float(value)
             key = (measurand, phase)
-            connector = connectors.get((charge_point_id, connector_id))
-            if connector is None:
-                connector = connectors[charge_point_id, connector_id] = ConnectorStats(
-                    charge_point_id, connector_id
-                )
-                self._by_charge_point.setdefault(charge_point_id, []).append(connector)
+            # A message's rows share their connector: looked up once per run of them.
+            if (
+                connector is None
+                or connector.charge_point_id != charge_point_id
+                or connector.connector_id != connector_id
+            ):
+                connector = connectors.get((charge_point_id, connector_id))
+                if connector is None:
+                    connector = connectors[charge_point_id, connector_id] = ConnectorStats(
+                        charge_point_id, connector_id
+                    )
+                    self._by_charge_point.setdefault(charge_point_id, []).append(connector)
+                changed.add(charge_point_id)
             series = connector.series.get(key)
             if series is None:
                 series = connector.series[key] = SeriesStats(unit)
             series.add(at, value, unit, horizon)
-            self.changed.add(charge_point_id)
             if tx is None:
                 continue
             session = sessions.get(tx)

@@ -21,9 +21,10 @@ recompute from raw (``recompute``; checked property-based in tests/metering/test
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -517,8 +518,20 @@ class RollupMaintainer:
         add = rollups.add
         for row in inserted:
             add(row)
-        for series, readings in rollups.registers.items():
-            await self._credit_energy(connection, rollups, series, readings)
+        reader = connection
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def read() -> AsyncConnection:
+                # One of the engine's connections for all read-backs of this count, taken only
+                # if one is needed (after a reconnect every series of the charge point is).
+                nonlocal reader
+                if reader is None:
+                    assert self._engine is not None  # use_writer()
+                    reader = await stack.enter_async_context(self._engine.connect())
+                return reader
+
+            for series, readings in rollups.registers.items():
+                await self._credit_energy(read, rollups, series, readings)
         rollups.registers.clear()  # only needed for the credits
         return rollups
 
@@ -540,7 +553,7 @@ class RollupMaintainer:
 
     async def _credit_energy(
         self,
-        connection: AsyncConnection | None,
+        read: Callable[[], Awaitable[AsyncConnection]],
         rollups: Rollups,
         series: SeriesKey,
         readings: list[Reading],
@@ -558,17 +571,9 @@ class RollupMaintainer:
         # Out of order, or a series not seen since start: the readings are already inserted
         # (same transaction), so read the neighbourhood back and merge the change in credits.
         self.stats.lookups += 1
-        first, last = readings[0][0], readings[-1][0]
-        if connection is None:
-            assert self._engine is not None  # use_writer()
-            async with self._engine.connect() as reader:
-                chain, has_successor = await rollup_store.register_window(
-                    reader, series, first, last
-                )
-        else:
-            chain, has_successor = await rollup_store.register_window(
-                connection, series, first, last
-            )
+        chain, has_successor = await rollup_store.register_window(
+            await read(), series, readings[0][0], readings[-1][0]
+        )
         before = list(chain)
         for reading in readings:
             before.remove(reading)

@@ -9,8 +9,12 @@ SQLite with rollups, most of the 140 ms a 280-message batch took.
 :class:`SqliteMeterBatch` sends the same statements as plain SQL with plain tuples: datetimes are
 formatted once per distinct value into SQLAlchemy's own SQLite storage format (so indexes,
 comparisons and reads see exactly what the ORM path would have written), the insert is one
-multi-row ``VALUES`` per chunk with ``RETURNING``, the merge one ``executemany`` of the upsert
-compiled from :func:`chargegrid.store.rollups.upsert_statement`, the single source of its SQL.
+multi-row ``VALUES`` per chunk, the merge one multi-row upsert per chunk compiled from
+:func:`chargegrid.store.rollups.upsert_statement`, the single source of its SQL. Neither returns
+rows or runs per row: the sqlite3 module releases and retakes the GIL at every step of a
+statement, and while the event loop is busy each retake waits (up to the 5 ms switch interval),
+so a statement stepped once per row took seconds under load. The insert learns which rows are
+new from the count of changes (all of them, normally: the input rows with consecutive ids).
 :class:`CoreMeterBatch` keeps SQLAlchemy Core for PostgreSQL, where asyncpg's own binary
 protocol does the per-row work.
 """
@@ -116,17 +120,13 @@ def sqlite_text(value: datetime) -> str:
 
 
 @lru_cache(maxsize=64)
-def _insert_sql(count: int, returning: bool = True) -> str:
+def _insert_sql(count: int) -> str:
     placeholders = "(" + ", ".join("?" * len(INSERT_COLUMNS)) + ")"
     return (
         f"INSERT INTO meter_values ({', '.join(INSERT_COLUMNS)}) "
         f"VALUES {', '.join([placeholders] * count)} "
         # No conflict target: the unique index is on expressions (store/meter_values.py).
-        + (
-            f"ON CONFLICT DO NOTHING RETURNING {', '.join(RETURNED_COLUMNS)}, id"
-            if returning
-            else "ON CONFLICT DO NOTHING"
-        )
+        "ON CONFLICT DO NOTHING"
     )
 
 
@@ -149,6 +149,15 @@ def _compiled_upsert() -> tuple[str, tuple[Any, ...]]:
     return str(compiled), constants
 
 
+@lru_cache(maxsize=64)
+def _upsert_sql(single: str, count: int) -> str:
+    """The upsert for ``count`` rows in one VALUES list (each row a distinct key)."""
+    values = "(" + ", ".join("?" * len(ROLLUP_COLUMNS)) + ")"
+    if single.count(f"VALUES {values}") != 1:
+        raise RuntimeError(f"unexpected shape of the rollup upsert: {single}")
+    return single.replace(f"VALUES {values}", "VALUES " + ", ".join([values] * count))
+
+
 async def _fetch_all(connection: AsyncConnection, sql: str, parameters: list[Any]) -> Any:
     """Run ``sql`` on the open transaction's aiosqlite connection and fetch every row, in one
     trip to aiosqlite's thread. SQLAlchemy's ``exec_driver_sql`` makes four (cursor, execute,
@@ -159,11 +168,9 @@ async def _fetch_all(connection: AsyncConnection, sql: str, parameters: list[Any
     return await driver.execute_fetchall(sql, parameters)
 
 
-def _chunks(
-    rows: list[dict[str, Any]], returning: bool = True
-) -> tuple[list[tuple[str, list[Any]]], dict[str, datetime]]:
+def _chunks(rows: list[dict[str, Any]]) -> tuple[list[tuple[str, list[Any]]], dict[str, datetime]]:
     """The insert's statements with their parameters, and the datetime behind each timestamp
-    text (RETURNING hands back the text)."""
+    text (a read-back of new rows hands back the text)."""
     texts: dict[datetime, str] = {}
     times: dict[str, datetime] = {}
     others = _OTHER_COLUMNS
@@ -179,8 +186,25 @@ def _chunks(
                 times[text] = at.astimezone(UTC)
             parameters.append(text)
             parameters += others(row)
-        chunks.append((_insert_sql(len(chunk), returning), parameters))
+        chunks.append((_insert_sql(len(chunk)), parameters))
     return chunks, times
+
+
+def _all_new(inserted: Inserted, chunk: list[dict[str, Any]], last_id: int) -> None:
+    """Every row of ``chunk`` was new (no replay): they are what RETURNING would give, with
+    consecutive ids ending at ``last_id``. No RETURNING: the sqlite3 module steps once per
+    returned row and hands the GIL over and back each time, which under load (the event loop
+    holding the GIL) costs far more than the insert."""
+    first_id = last_id - len(chunk) + 1
+    if not inserted.first_id or first_id < inserted.first_id:
+        inserted.first_id = first_id
+    at_index = _RETURNED_AT
+    for row in chunk:
+        values = list(_RETURNED_FROM_ROW(row))
+        at = values[at_index]
+        if at.tzinfo is not UTC:
+            values[at_index] = at.astimezone(UTC)
+        inserted.rows.append(values)
 
 
 def _collect(inserted: Inserted, returned_rows: Any, times: dict[str, datetime]) -> None:
@@ -207,10 +231,22 @@ class SqliteMeterBatch:
         self._upsert_sql, self._upsert_constants = _compiled_upsert()
 
     async def insert(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> Inserted:
+        """Like :meth:`insert_sync` (no RETURNING, see there), on the transaction's aiosqlite
+        connection: one trip to its thread per chunk."""
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None  # an open transaction's connection
         chunks, times = _chunks(rows)
         inserted = Inserted([], 0)
-        for sql, parameters in chunks:
-            _collect(inserted, await _fetch_all(connection, sql, parameters), times)
+        for start, (sql, parameters) in zip(range(0, len(rows), _CHUNK), chunks, strict=True):
+            chunk = rows[start : start + _CHUNK]
+            before = driver.total_changes
+            last = await driver.execute_insert(sql, parameters)
+            made = driver.total_changes - before
+            if made == len(chunk) and last is not None:
+                _all_new(inserted, chunk, last[0])
+            elif made:
+                newest = await driver.execute_fetchall(_NEWEST_SQL, (made,))
+                _collect(inserted, reversed(list(newest)), times)
         return inserted
 
     def insert_sync(
@@ -220,27 +256,14 @@ class SqliteMeterBatch:
         transaction: store/sqlite_writer.py). Raises :class:`Abandon` if an id given is not
         above ``above`` (SQLite reused the id of a deleted top row: the caller must merge
         such rows at once, on its other path)."""
-        chunks, times = _chunks(rows, returning=False)
+        chunks, times = _chunks(rows)
         inserted = Inserted([], 0)
         for start, (sql, parameters) in zip(range(0, len(rows), _CHUNK), chunks, strict=True):
             chunk = rows[start : start + _CHUNK]
             cursor = connection.execute(sql, parameters)
             made = cursor.rowcount
             if made == len(chunk) and cursor.lastrowid is not None:
-                # Every row is new (no replay): they are the input rows, with consecutive ids
-                # ending at the last one. No RETURNING: the sqlite3 module steps once per
-                # returned row and hands the GIL back and forth each time, which under load
-                # costs far more than the insert.
-                first_id = cursor.lastrowid - made + 1
-                if not inserted.first_id or first_id < inserted.first_id:
-                    inserted.first_id = first_id
-                at_index = _RETURNED_AT
-                for row in chunk:
-                    values = list(_RETURNED_FROM_ROW(row))
-                    at = values[at_index]
-                    if at.tzinfo is not UTC:
-                        values[at_index] = at.astimezone(UTC)
-                    inserted.rows.append(values)
+                _all_new(inserted, chunk, cursor.lastrowid)
             elif made:
                 # Some were replays: the new ones are the ``made`` highest ids (SQLite gives a
                 # new row the highest id + 1, and this transaction is the only writer).
@@ -260,9 +283,8 @@ class SqliteMeterBatch:
                 value = texts[at] = sqlite_text(at)
             return value
 
-        k = self._upsert_constants
         # Positions as in ROLLUP_COLUMNS (checked at import): the datetimes become text.
-        parameters = [
+        rows = [
             (
                 cp,
                 m,
@@ -281,8 +303,15 @@ class SqliteMeterBatch:
                 text(la),
                 lv,
                 e,
-                *k,
             )
             for (cp, m, res, bucket, c, ph, loc, u, n, s, lo, hi, fa, fv, la, lv, e) in rollups
         ]
-        await connection.exec_driver_sql(self._upsert_sql, parameters)
+        # One multi-row statement per chunk, not an executemany: the sqlite3 module steps once
+        # per parameter set and hands the GIL over and back each time, and under load each
+        # handover waits for the busy event loop (a merge of a few thousand rows took 1-2 s
+        # and stalled every charge point meanwhile).
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            parameters = [value for row in chunk for value in row]
+            parameters += self._upsert_constants
+            await _fetch_all(connection, _upsert_sql(self._upsert_sql, len(chunk)), parameters)
