@@ -210,3 +210,21 @@ async def test_the_writer_thread_insert_returns_what_returning_would(
         assert count == 2400  # rolled back
     finally:
         await writer.close()
+
+
+async def test_the_writer_thread_starts_again_after_close(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A node stopped and started again (an embedding application's lifespan) reuses its
+    writer: the thread and connection come back on the next transaction."""
+    writer = SqliteWriter(str(tmp_path / "batch.db"), "OFF")
+    batch = SqliteMeterBatch()
+    values = rows(4)
+    try:
+        first = await writer.transaction(lambda c: batch.insert_sync(c, values[:2], above=0))
+        await writer.close()
+        await writer.close()  # twice is harmless
+        again = await writer.transaction(lambda c: batch.insert_sync(c, values[2:], above=0))
+        assert len(first.rows) == len(again.rows) == 2 and again.first_id == 3
+    finally:
+        await writer.close()

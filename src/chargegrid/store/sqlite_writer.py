@@ -51,14 +51,16 @@ class SqliteWriter:
     def __init__(self, path: str, synchronous: str = "FULL") -> None:
         self._path = path
         self._synchronous = synchronous
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._executor: ThreadPoolExecutor | None = None  # made when first used, again after close
         self._connection: sqlite3.Connection | None = None
 
     async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """The work's result once committed. Its exception (after a rollback) is raised; an
         :class:`Abandon` too, so the caller can take another way."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._transaction, work)
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        return await asyncio.get_running_loop().run_in_executor(executor, self._transaction, work)
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         connection = self._connection
@@ -78,9 +80,13 @@ class SqliteWriter:
         return result
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
+        """Close the connection and end the thread; a later transaction starts both again (a
+        node stopped and started again, as an embedding application may)."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        await asyncio.get_running_loop().run_in_executor(executor, self._close)
+        executor.shutdown(wait=True)
 
     def _close(self) -> None:
         if self._connection is not None:
