@@ -1,0 +1,156 @@
+"""CPU per meter value of SQLite's insert under different index layouts (raw ``sqlite3``).
+
+``python benchmarks/sqlite_index.py [layout ...] [--prefill 400] [--cache-kib 65536]``
+
+The experiment behind migration 0007 (docs/benchmarks.md, "Where the time goes"): the
+``meter_values`` table as shipped (ids, the transaction and timestamp indexes), 500 charge
+points sending 3 values per message, group commits of 650 messages (as the N=500 closed loop
+makes them), ``--prefill`` commits first (400: ~780,000 rows), then 60 measured commits. Prints
+the process's CPU (user, system) and wall time per value. Layouts of the unique sample index:
+
+- ``cp-measurand-ts``: migration 0006's order (a tail page per series);
+- ``cp-ts``: migration 0007's, the shipped one (a tail page per charge point);
+- ``ts``: led by time (one tail for all), no index by charge point;
+- ``ts+side``: led by time, plus a side table (charge point, measurand, timestamp, id) filled
+  in bulk every 10 commits (the "bulk-maintained index" lever);
+- ``none``: no unique index at all (the floor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+REST = "connector_id, coalesce(transaction_id, 0), coalesce(phase, ''), location, format, context"
+LAYOUTS = {
+    "cp-measurand-ts": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (charge_point_id, measurand, timestamp, {REST})"
+    ],
+    "cp-ts": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (charge_point_id, timestamp, measurand, {REST})"
+    ],
+    "ts": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (timestamp, charge_point_id, measurand, {REST})"
+    ],
+    "ts+side": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (timestamp, charge_point_id, measurand, {REST})",
+        "CREATE TABLE side (charge_point_id INTEGER, measurand TEXT, timestamp TEXT, id INTEGER,"
+        " PRIMARY KEY (charge_point_id, measurand, timestamp, id)) WITHOUT ROWID",
+    ],
+    "none": [],
+}
+COLUMNS = (
+    "charge_point_id, connector_id, transaction_id, timestamp, timestamp_raw, measurand, phase,"
+    " location, context, unit, value, raw_value, raw_unit, format"
+)
+MEASURANDS = [
+    ("Energy.Active.Import.Register", "Wh"),
+    ("Power.Active.Import", "W"),
+    ("Current.Import", "A"),
+]
+MESSAGES_PER_COMMIT = 650
+CHARGE_POINTS = 500
+
+
+def run(layout: str, prefill: int, cache_kib: int, directory: Path) -> str:
+    path = directory / f"{layout}.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(f"PRAGMA cache_size=-{cache_kib}")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA wal_autocheckpoint=10000")
+    db.execute(
+        "CREATE TABLE meter_values (id INTEGER PRIMARY KEY, charge_point_id INTEGER NOT NULL,"
+        " connector_id INTEGER NOT NULL, transaction_id INTEGER, timestamp DATETIME NOT NULL,"
+        " timestamp_raw VARCHAR(64) NOT NULL, measurand VARCHAR(40) NOT NULL, phase VARCHAR(8),"
+        " location VARCHAR(8) NOT NULL, context VARCHAR(24) NOT NULL, unit VARCHAR(12) NOT NULL,"
+        " value FLOAT, raw_value TEXT NOT NULL, raw_unit VARCHAR(12) NOT NULL,"
+        " format VARCHAR(12) NOT NULL)"
+    )
+    db.execute("CREATE INDEX ix_tx ON meter_values (transaction_id, timestamp)")
+    db.execute("CREATE INDEX ix_ts ON meter_values (timestamp)")
+    for statement in LAYOUTS[layout]:
+        db.execute(statement)
+    state = {"at": datetime(2026, 1, 1), "next_cp": 0, "commits": 0, "indexed": 0}
+
+    def commits(count: int) -> None:
+        for _ in range(count):
+            rows = []
+            for i in range(MESSAGES_PER_COMMIT):
+                cp = 1 + (state["next_cp"] + i) % CHARGE_POINTS
+                text = (state["at"] + timedelta(microseconds=i)).isoformat(" ", "microseconds")
+                for measurand, unit in MEASURANDS:
+                    rows.append(
+                        (
+                            cp,
+                            1,
+                            None,
+                            text,
+                            text + "Z",
+                            measurand,
+                            None,
+                            "Outlet",
+                            "Sample.Periodic",
+                            unit,
+                            1.0,
+                            "1.0",
+                            unit,
+                            "Raw",
+                        )
+                    )
+            state["next_cp"] += MESSAGES_PER_COMMIT
+            state["at"] += timedelta(seconds=1)
+            db.execute("BEGIN IMMEDIATE")
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start : start + 1000]
+                values = ", ".join(["(" + ", ".join("?" * 14) + ")"] * len(chunk))
+                db.execute(
+                    f"INSERT INTO meter_values ({COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING",
+                    [value for row in chunk for value in row],
+                )
+            state["commits"] += 1
+            if layout == "ts+side" and state["commits"] % 10 == 0:
+                top = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
+                db.execute(
+                    "INSERT INTO side SELECT charge_point_id, measurand, timestamp, id"
+                    " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3, 4",
+                    (state["indexed"], top),
+                )
+                state["indexed"] = top
+            db.execute("COMMIT")
+
+    commits(prefill)
+    before, wall = os.times(), time.perf_counter()
+    commits(60)
+    after, wall = os.times(), time.perf_counter() - wall
+    values = 60 * MESSAGES_PER_COMMIT * len(MEASURANDS)
+    user = 1e6 * (after.user - before.user) / values
+    system = 1e6 * (after.system - before.system) / values
+    db.close()
+    return (
+        f"{layout:16} CPU {user + system:5.1f} us/value (user {user:4.1f}, system {system:4.1f}),"
+        f" wall {1e6 * wall / values:5.1f} us/value"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("layouts", nargs="*", help=f"of {', '.join(LAYOUTS)} (default: all)")
+    parser.add_argument("--prefill", type=int, default=400, help="commits before measuring")
+    parser.add_argument("--cache-kib", type=int, default=65536, help="SQLite page cache")
+    args = parser.parse_args()
+    unknown = set(args.layouts) - set(LAYOUTS)
+    if unknown:
+        parser.error(f"unknown layout(s) {', '.join(sorted(unknown))}")
+    with tempfile.TemporaryDirectory() as directory:
+        for layout in args.layouts or list(LAYOUTS):
+            print(run(layout, args.prefill, args.cache_kib, Path(directory)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
