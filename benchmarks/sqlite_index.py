@@ -9,10 +9,14 @@ makes them), ``--prefill`` commits first (400: ~780,000 rows), then 60 measured 
 the process's CPU (user, system) and wall time per value. Layouts of the unique sample index:
 
 - ``cp-measurand-ts``: migration 0006's order (a tail page per series);
-- ``cp-ts``: migration 0007's, the shipped one (a tail page per charge point);
+- ``cp-ts``: migration 0007's, still PostgreSQL's (a tail page per charge point);
 - ``ts``: led by time (one tail for all), no index by charge point;
 - ``ts+side``: led by time, plus a side table (charge point, measurand, timestamp, id) filled
   in bulk every 10 commits (the "bulk-maintained index" lever);
+- ``ts+keys``: migration 0008's, the shipped SQLite layout: led by time, no separate time
+  index (the sample index serves retention), and ``meter_value_keys`` (charge point,
+  timestamp, id) WITHOUT ROWID filled in bulk, sorted, every 10 commits (about once a second
+  at this load, as the rollup watermark advances);
 - ``none``: no unique index at all (the floor).
 """
 
@@ -41,6 +45,11 @@ LAYOUTS = {
         f"CREATE UNIQUE INDEX uq ON meter_values (timestamp, charge_point_id, measurand, {REST})",
         "CREATE TABLE side (charge_point_id INTEGER, measurand TEXT, timestamp TEXT, id INTEGER,"
         " PRIMARY KEY (charge_point_id, measurand, timestamp, id)) WITHOUT ROWID",
+    ],
+    "ts+keys": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (timestamp, charge_point_id, measurand, {REST})",
+        "CREATE TABLE keys (charge_point_id INTEGER, timestamp TEXT, id INTEGER,"
+        " PRIMARY KEY (charge_point_id, timestamp, id)) WITHOUT ROWID",
     ],
     "none": [],
 }
@@ -73,7 +82,8 @@ def run(layout: str, prefill: int, cache_kib: int, directory: Path) -> str:
         " format VARCHAR(12) NOT NULL)"
     )
     db.execute("CREATE INDEX ix_tx ON meter_values (transaction_id, timestamp)")
-    db.execute("CREATE INDEX ix_ts ON meter_values (timestamp)")
+    if layout != "ts+keys":  # 0008 dropped it: the sample index leads with time
+        db.execute("CREATE INDEX ix_ts ON meter_values (timestamp)")
     for statement in LAYOUTS[layout]:
         db.execute(statement)
     state = {"at": datetime(2026, 1, 1), "next_cp": 0, "commits": 0, "indexed": 0}
@@ -114,6 +124,14 @@ def run(layout: str, prefill: int, cache_kib: int, directory: Path) -> str:
                     [value for row in chunk for value in row],
                 )
             state["commits"] += 1
+            if layout == "ts+keys" and state["commits"] % 10 == 0:
+                top = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
+                db.execute(
+                    "INSERT INTO keys SELECT charge_point_id, timestamp, id"
+                    " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3",
+                    (state["indexed"], top),
+                )
+                state["indexed"] = top
             if layout == "ts+side" and state["commits"] % 10 == 0:
                 top = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
                 db.execute(

@@ -40,15 +40,34 @@ def _bind(connection: AsyncConnection, at: datetime) -> object:
 
 
 async def purge_raw_batch(connection: AsyncConnection, before: datetime, limit: int) -> int:
-    """Delete up to ``limit`` raw values older than ``before`` (uses ix_meter_values_timestamp)."""
-    result = await connection.execute(
-        text(
-            "DELETE FROM meter_values WHERE id IN (SELECT id FROM meter_values "
-            "WHERE timestamp < :before LIMIT :limit)"
-        ),
-        {"before": _bind(connection, before), "limit": limit},
-    )
-    return int(result.rowcount or 0)
+    """Delete up to ``limit`` raw values older than ``before`` (found by the index led by time:
+    ix_meter_values_timestamp on PostgreSQL, the sample index on SQLite), and on SQLite their
+    keys (store/charge_point_values.py): exactly the deleted rows', looked up by primary key."""
+    oldest = "SELECT id FROM meter_values WHERE timestamp < :before LIMIT :limit"
+    parameters = {"before": _bind(connection, before), "limit": limit}
+    if connection.dialect.name != "sqlite":
+        result = await connection.execute(
+            text(f"DELETE FROM meter_values WHERE id IN ({oldest})"), parameters
+        )
+        return int(result.rowcount or 0)
+    deleted = (
+        await connection.execute(
+            text(
+                f"DELETE FROM meter_values WHERE id IN ({oldest}) "
+                "RETURNING charge_point_id, timestamp, id"
+            ),
+            parameters,
+        )
+    ).all()
+    if deleted:
+        await connection.execute(
+            text(
+                "DELETE FROM meter_value_keys "
+                "WHERE charge_point_id = :cp AND timestamp = :at AND id = :id"
+            ),
+            [{"cp": cp, "at": at, "id": row_id} for cp, at, row_id in deleted],
+        )
+    return len(deleted)
 
 
 async def purge_rollup_batch(

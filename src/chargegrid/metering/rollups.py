@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chargegrid.store import meter_values as meter_store
 from chargegrid.store import rollups as rollup_store
+from chargegrid.store.charge_point_values import key_values
 from chargegrid.store.database import writing
 from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_batch import (
@@ -345,6 +346,8 @@ class RollupMaintainer:
                 self._counted += len(inserted)
             else:
                 await self.merge(connection, inserted)
+                # ... and keyed now: keys up to the watermark are complete (migration 0008).
+                await key_values(connection, above=result.first_id - 1, up_to=self._watermark)
         else:
             await self.merge(connection, inserted)
         if self.observers:
@@ -530,8 +533,31 @@ class RollupMaintainer:
                     reader = await stack.enter_async_context(self._engine.connect())
                 return reader
 
+            fresh: dict[SeriesKey, list[Reading]] | None = None
+            loaded = False
+
+            async def window(
+                series: SeriesKey, first: datetime, last: datetime
+            ) -> tuple[list[Reading], bool]:
+                # SQLite: the values above the watermark of every charge point counted here are
+                # read once (one rowid range), not once per series read back: after a fleet
+                # reconnects, every series of every charge point is.
+                nonlocal fresh, loaded
+                connection = await read()
+                if not loaded:
+                    charge_points = {key[0] for key in rollups.registers}
+                    fresh = await rollup_store.fresh_readings(connection, charge_points)
+                    loaded = True
+                return await rollup_store.register_window(
+                    connection,
+                    series,
+                    first,
+                    last,
+                    fresh=None if fresh is None else fresh.get(series, []),
+                )
+
             for series, readings in rollups.registers.items():
-                await self._credit_energy(read, rollups, series, readings)
+                await self._credit_energy(window, rollups, series, readings)
         rollups.registers.clear()  # only needed for the credits
         return rollups
 
@@ -553,7 +579,7 @@ class RollupMaintainer:
 
     async def _credit_energy(
         self,
-        read: Callable[[], Awaitable[AsyncConnection]],
+        window: Callable[[SeriesKey, datetime, datetime], Awaitable[tuple[list[Reading], bool]]],
         rollups: Rollups,
         series: SeriesKey,
         readings: list[Reading],
@@ -571,9 +597,7 @@ class RollupMaintainer:
         # Out of order, or a series not seen since start: the readings are already inserted
         # (same transaction), so read the neighbourhood back and merge the change in credits.
         self.stats.lookups += 1
-        chain, has_successor = await rollup_store.register_window(
-            await read(), series, readings[0][0], readings[-1][0]
-        )
+        chain, has_successor = await window(series, readings[0][0], readings[-1][0])
         before = list(chain)
         for reading in readings:
             before.remove(reading)

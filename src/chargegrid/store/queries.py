@@ -15,9 +15,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from chargegrid.store.charge_point_values import charge_point_values
 from chargegrid.store.records import ChargePoint, Connector, MeterValue, Transaction
 from chargegrid.store.rollups import HOUR
 from chargegrid.store.tables import (
@@ -52,7 +53,7 @@ class Queries:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def _all(self, query: Select[Any]) -> list[Any]:
+    async def _all(self, query: Select[Any] | CompoundSelect[Any]) -> list[Any]:
         async with self._engine.connect() as connection:
             return list((await connection.execute(query)).mappings())
 
@@ -176,27 +177,47 @@ class Queries:
     ) -> list[MeterValue]:
         """Sampled values, by charge point, measurand (a scope name like ``"power"`` or the
         OCPP name), session, phase and time range ``[since, until)``."""
-        query = select(meter_values)
-        if identity is not None:
-            query = query.join(
-                charge_points, charge_points.c.id == meter_values.c.charge_point_id
-            ).where(charge_points.c.identity == identity)
+        mv = meter_values.c
+        where: list[ColumnElement[bool]] = []
         if measurand is not None:
-            query = query.where(meter_values.c.measurand == measurand_name(measurand))
+            where.append(mv.measurand == measurand_name(measurand))
         if session_id is not None:
-            query = query.where(meter_values.c.transaction_id == session_id)
+            where.append(mv.transaction_id == session_id)
         if phase is not None:
-            query = query.where(meter_values.c.phase == phase)
-        if since is not None:
-            query = query.where(meter_values.c.timestamp >= since)
-        if until is not None:
-            query = query.where(meter_values.c.timestamp < until)
-        order = meter_values.c.timestamp.desc() if newest_first else meter_values.c.timestamp
-        query = query.order_by(
-            order, meter_values.c.id.desc() if newest_first else meter_values.c.id
-        )
-        if limit is not None:
-            query = query.limit(limit)
+            where.append(mv.phase == phase)
+
+        def time(timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+            bounds: list[ColumnElement[bool]] = []
+            if since is not None:
+                bounds.append(timestamp >= since)
+            if until is not None:
+                bounds.append(timestamp < until)
+            return bounds
+
+        query: Select[Any] | CompoundSelect[Any]
+        if identity is not None:
+            charge_point = (
+                select(charge_points.c.id)
+                .where(charge_points.c.identity == identity)
+                .scalar_subquery()
+            )
+            query = charge_point_values(
+                self._engine.dialect.name,
+                charge_point,
+                time=time,
+                where=where,
+                newest_first=newest_first,
+                limit=limit,
+            )
+        else:
+            order = [mv.timestamp, mv.id]
+            query = (
+                select(meter_values)
+                .where(*where, *time(mv.timestamp))
+                .order_by(*(o.desc() for o in order) if newest_first else order)
+            )
+            if limit is not None:
+                query = query.limit(limit)
         return [MeterValue.from_row(row) for row in await self._all(query)]
 
     async def latest_meter_value(

@@ -6,8 +6,8 @@ statement works on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +25,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from chargegrid.store.charge_point_values import charge_point_values, key_values
 from chargegrid.store.tables import charge_points, meter_rollups, meter_values, rollup_watermark
+from chargegrid.store.types import sqlite_text
 
 HOUR = "hour"
 DAY = "day"
@@ -113,11 +115,11 @@ def upsert_statement(dialect: str) -> Insert:
     return upsert
 
 
-def _series_filter(series: SeriesKey) -> list[ColumnElement[bool]]:
+def _series_filter(series: SeriesKey) -> tuple[int, list[ColumnElement[bool]]]:
+    """The series' charge point, and the clauses on its other columns (values with a number)."""
     charge_point_id, connector_id, measurand, phase, location = series
     mv = meter_values.c
-    return [
-        mv.charge_point_id == charge_point_id,
+    return charge_point_id, [
         mv.measurand == measurand,
         mv.connector_id == connector_id,
         mv.phase.is_(None) if phase == "" else mv.phase == phase,
@@ -126,36 +128,182 @@ def _series_filter(series: SeriesKey) -> list[ColumnElement[bool]]:
     ]
 
 
+def _readings(
+    connection: AsyncConnection,
+    series: SeriesKey,
+    time: Callable[[ColumnElement[Any]], list[ColumnElement[bool]]],
+    *,
+    newest_first: bool = False,
+    limit: int | None = None,
+    up_to: int | None = None,
+    columns: Sequence[ColumnElement[Any]] | None = None,
+) -> Any:
+    charge_point_id, where = _series_filter(series)
+    if up_to is not None:
+        where.append(meter_values.c.id <= up_to)
+    mv = meter_values.c
+    return charge_point_values(
+        connection.dialect.name,
+        charge_point_id,
+        columns or [mv.timestamp, mv.value],
+        time=time,
+        where=where,
+        newest_first=newest_first,
+        then_by="value" if columns is None else None,
+        limit=limit,
+    )
+
+
+def _neighbour(
+    connection: AsyncConnection,
+    series: SeriesKey,
+    time: Callable[[ColumnElement[Any]], list[ColumnElement[bool]]],
+    *,
+    newest_first: bool,
+    up_to: int | None = None,
+) -> Any:
+    """The series' readings at the newest (``newest_first``) or oldest timestamp within
+    ``time``: all of them, as several can share a timestamp (contexts, formats); the caller
+    takes the last or first by value. Found in two steps because ordering by (timestamp,
+    value) with LIMIT 1 sorts everything in range on SQLite, a charge point's whole history for
+    "the reading before"; by timestamp alone the keys' order is used and the search stops at
+    the first match."""
+    mv = meter_values.c
+    at = _readings(
+        connection,
+        series,
+        time,
+        newest_first=newest_first,
+        limit=1,
+        up_to=up_to,
+        columns=[mv.timestamp],
+    ).scalar_subquery()
+    return _readings(connection, series, lambda ts: [ts == at], up_to=up_to)
+
+
+async def fresh_readings(
+    connection: AsyncConnection, charge_point_ids: set[int]
+) -> dict[SeriesKey, list[Reading]] | None:
+    """SQLite: the readings with a number above the watermark of ``charge_point_ids``, by
+    series (one read of the rowid range; there is no index by charge point to use). None on
+    other databases, which need no such thing (store/charge_point_values.py)."""
+    if connection.dialect.name != "sqlite" or not charge_point_ids:
+        return None
+    mv = meter_values.c
+    watermark = func.coalesce(select(rollup_watermark.c.raw_id).scalar_subquery(), 0)
+    query = select(
+        mv.charge_point_id,
+        mv.connector_id,
+        mv.measurand,
+        mv.phase,
+        mv.location,
+        mv.timestamp,
+        mv.value,
+    ).where(mv.id > watermark, mv.value.is_not(None))
+    if len(charge_point_ids) <= 10_000:  # far below SQLite's variable limit
+        query = query.where(mv.charge_point_id.in_(sorted(charge_point_ids)))
+    fresh: dict[SeriesKey, list[Reading]] = {}
+    for cp, connector, measurand, phase, location, at, value in await connection.execute(query):
+        if cp in charge_point_ids:
+            key = (cp, connector, measurand, phase or "", location)
+            fresh.setdefault(key, []).append((at, float(value)))
+    return fresh
+
+
 async def register_window(
-    connection: AsyncConnection, series: SeriesKey, first: datetime, last: datetime
+    connection: AsyncConnection,
+    series: SeriesKey,
+    first: datetime,
+    last: datetime,
+    *,
+    fresh: list[Reading] | None = None,
 ) -> tuple[list[Reading], bool]:
     """The series' readings from the one before ``first`` to the one after ``last``.
 
     Ordered by (timestamp, value); the flag says whether a reading after ``last`` exists.
-    Three index range scans on ``uq_meter_values_sample`` (it leads with charge point,
-    timestamp; the rest of the series is matched inside the index entries).
+    Three range reads of the charge point's values (store/charge_point_values.py); the rest of
+    the series is matched on the rows. On SQLite, ``fresh`` (the series' readings above the
+    watermark, from :func:`fresh_readings`) stands in for the values above the watermark.
     """
-    mv = meter_values.c
-    where = _series_filter(series)
-    before = (
-        select(mv.timestamp, mv.value)
-        .where(*where, mv.timestamp < first)
-        .order_by(mv.timestamp.desc(), mv.value.desc())
-        .limit(1)
+    if fresh is not None:
+        return await _sqlite_register_window(connection, series, first, last, fresh)
+    before_q = _readings(connection, series, lambda ts: [ts < first], newest_first=True, limit=1)
+    inside_q = _readings(connection, series, lambda ts: [ts >= first, ts <= last])
+    after_q = _readings(connection, series, lambda ts: [ts > last], limit=1)
+    before = [(r[0], float(r[1])) for r in await connection.execute(before_q)]
+    inside = [(r[0], float(r[1])) for r in await connection.execute(inside_q)]
+    after = [(r[0], float(r[1])) for r in await connection.execute(after_q)]
+    return before + sorted(inside) + after, bool(after)
+
+
+def _keyed_sql(alias: str, time: str, columns: str) -> str:
+    """SQLite: the series' keyed values (up to the watermark) matching ``time`` (on
+    ``{alias}k.timestamp``); see store/charge_point_values.py."""
+    k, mv = f"{alias}k", f"{alias}mv"
+    return (
+        f"SELECT {columns} FROM meter_value_keys AS {k} JOIN meter_values AS {mv} "
+        f"ON {mv}.id = {k}.id AND {mv}.charge_point_id = {k}.charge_point_id "
+        f"AND {mv}.timestamp = {k}.timestamp "
+        f"WHERE {k}.charge_point_id = :cp AND {time} "
+        f"AND {k}.id <= (SELECT coalesce(max(raw_id), 0) FROM rollup_watermark) "
+        f"AND {mv}.measurand = :measurand AND {mv}.connector_id = :connector "
+        f"AND coalesce({mv}.phase, '') = :phase AND {mv}.location = :location "
+        f"AND {mv}.value IS NOT NULL"
     )
-    inside = select(mv.timestamp, mv.value).where(
-        *where, mv.timestamp >= first, mv.timestamp <= last
+
+
+def _keyed_neighbour_sql(part: int, comparison: str, direction: str) -> str:
+    # The neighbour's timestamp by the keys' order alone (LIMIT stops at the first match),
+    # then every reading at it (several can share a timestamp).
+    at = _keyed_sql("n", f"nk.timestamp {comparison}", "nk.timestamp")
+    at += f" ORDER BY nk.timestamp {direction} LIMIT 1"
+    return _keyed_sql("", f"k.timestamp = ({at})", f"{part}, k.timestamp, mv.value")
+
+
+_SQLITE_WINDOW = " UNION ALL ".join(
+    (
+        _keyed_neighbour_sql(0, "< :first", "DESC"),
+        _keyed_sql(
+            "", "k.timestamp >= :first AND k.timestamp <= :last", "1, k.timestamp, mv.value"
+        ),
+        _keyed_neighbour_sql(2, "> :last", "ASC"),
     )
-    after = (
-        select(mv.timestamp, mv.value)
-        .where(*where, mv.timestamp > last)
-        .order_by(mv.timestamp, mv.value)
-        .limit(1)
+)
+
+
+async def _sqlite_register_window(
+    connection: AsyncConnection,
+    series: SeriesKey,
+    first: datetime,
+    last: datetime,
+    fresh: list[Reading],
+) -> tuple[list[Reading], bool]:
+    """:func:`register_window` on SQLite with the values above the watermark at hand: one
+    statement, written out rather than built with SQLAlchemy, whose compiling took ~10 times
+    as long as the statement ran; this runs once per series after a fleet reconnects."""
+    charge_point_id, connector_id, measurand, phase, location = series
+    driver = (await connection.get_raw_connection()).driver_connection
+    assert driver is not None
+    rows = await driver.execute_fetchall(
+        _SQLITE_WINDOW,
+        {
+            "cp": charge_point_id,
+            "connector": connector_id,
+            "measurand": measurand,
+            "phase": phase,
+            "location": location,
+            "first": sqlite_text(first),
+            "last": sqlite_text(last),
+        },
     )
-    chain: list[Reading] = [(r[0], float(r[1])) for r in await connection.execute(before)]
-    chain += sorted((r[0], float(r[1])) for r in await connection.execute(inside))
-    successor = [(r[0], float(r[1])) for r in await connection.execute(after)]
-    return chain + successor, bool(successor)
+    into: tuple[list[Reading], list[Reading], list[Reading]] = ([], [], [])
+    for number, at, value in rows:
+        into[number].append((datetime.fromisoformat(at).replace(tzinfo=UTC), float(value)))
+    before, inside, after = into
+    before = sorted(before + [r for r in fresh if r[0] < first])[-1:]
+    inside += [r for r in fresh if first <= r[0] <= last]
+    after = sorted(after + [r for r in fresh if r[0] > last])[:1]
+    return before + sorted(inside) + after, bool(after)
 
 
 async def previous_reading(
@@ -163,19 +311,9 @@ async def previous_reading(
 ) -> Reading | None:
     """The series' last reading strictly before ``before`` (a rebuild's starting point), among
     values with an id up to ``up_to`` if given."""
-    mv = meter_values.c
-    where = _series_filter(series)
-    if up_to is not None:
-        where.append(mv.id <= up_to)
-    row = (
-        await connection.execute(
-            select(mv.timestamp, mv.value)
-            .where(*where, mv.timestamp < before)
-            .order_by(mv.timestamp.desc(), mv.value.desc())
-            .limit(1)
-        )
-    ).first()
-    return (row[0], float(row[1])) if row is not None else None
+    query = _neighbour(connection, series, lambda ts: [ts < before], newest_first=True, up_to=up_to)
+    readings = sorted((r[0], float(r[1])) for r in await connection.execute(query))
+    return readings[-1] if readings else None
 
 
 async def raw_rows(
@@ -277,6 +415,8 @@ async def watermark(connection: AsyncConnection) -> int:
 async def advance_watermark(connection: AsyncConnection) -> int:
     """Every meter value stored so far is counted: called in the transaction that merged the
     last of them. Returns the new watermark."""
+    # SQLite: the values up to the new watermark get their keys in the same transaction.
+    await key_values(connection, above=None, up_to=None)
     latest = select(func.coalesce(func.max(meter_values.c.id), 0)).scalar_subquery()
     value = await connection.scalar(
         update(rollup_watermark).values(raw_id=latest).returning(rollup_watermark.c.raw_id)

@@ -169,6 +169,8 @@ meter_values = Table(
 
 # DESIGN.md guarantee 2: a replayed sample is stored once; inserts use ON CONFLICT DO NOTHING.
 # transaction_id and phase are nullable, and NULLs never collide in a unique index, hence coalesce.
+# On PostgreSQL it leads with (charge point, timestamp) (declared here); on SQLite with
+# (timestamp, charge point) since migration 0008, see meter_value_keys.
 # It leads with (charge point, timestamp) so that it also serves a charge point's range queries
 # (one B-tree keyed by charge point per value, not two: migration 0006), and so that a message's
 # values sit side by side on the charge point's one tail page: each commit writes one page per
@@ -412,6 +414,27 @@ rollup_watermark = Table(
     CheckConstraint("id = 1", name="ck_rollup_watermark_one_row"),
 )
 
+# SQLite only (migration 0008): which meter values belong to which charge point, for values up
+# to the rollup watermark. On SQLite the unique sample index leads with the timestamp, so a
+# commit appends to one tail of it instead of writing one index page per charge point; this
+# table is filled in bulk, sorted, when the watermark advances (about once a second), so each
+# charge point's page is written once a second rather than once per commit. Reads by charge
+# point (store/charge_point_values.py) take these keys plus the few values above the
+# watermark. PostgreSQL has no such table: its sample index still leads with the charge point.
+meter_value_keys = Table(
+    "meter_value_keys",
+    metadata,
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("timestamp", UTCDateTime, primary_key=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
+)
+
 alert_rules = Table(
     "alert_rules",
     metadata,
@@ -463,5 +486,6 @@ alerts = Table(
     Index("ix_alerts_resolved", "resolved_at"),
 )
 
-# Retention (metering/retention.py) deletes raw values by age in small batches.
+# Retention (metering/retention.py) deletes raw values by age in small batches. PostgreSQL
+# only since migration 0008: on SQLite the sample index leads with the timestamp and serves.
 Index("ix_meter_values_timestamp", meter_values.c.timestamp)

@@ -39,3 +39,14 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def sqlite_text(value: datetime) -> str:
+    """An aware datetime as SQLAlchemy stores it on SQLite: naive UTC, always six fraction
+    digits (``sqlalchemy.dialects.sqlite.DATETIME``'s storage format). Text compares in time
+    order only because every value has exactly this shape."""
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise ValueError(f"an aware datetime is needed, got {value!r}")
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")

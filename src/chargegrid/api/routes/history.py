@@ -15,13 +15,13 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
-from sqlalchemy import select
 
 from chargegrid.api.deps import Node, Viewer, visible_charge_point_id
 from chargegrid.api.pagination import SessionId, TimeParam, check_range, iso, parse_time
 from chargegrid.api.routes.sessions import visible_session
 from chargegrid.cluster.link import ClusterUnavailable
 from chargegrid.store import rollups as rollup_store
+from chargegrid.store.charge_point_values import charge_point_values
 from chargegrid.store.queries import MEASURANDS, measurand_name
 from chargegrid.store.tables import meter_values
 
@@ -93,22 +93,20 @@ async def charge_point_history(
     async with node.engine.connect() as connection:
         if used == "raw":
             mv = meter_values.c
-            query = select(
-                mv.connector_id, mv.phase, mv.location, mv.timestamp, mv.value, mv.unit
-            ).where(
-                mv.charge_point_id == cp_id,
-                mv.measurand == name,
-                mv.timestamp >= since_at,
-                mv.timestamp < until_at,
-                mv.value.is_not(None),
-            )
+            where = [mv.measurand == name, mv.value.is_not(None)]
             if connector_id is not None:
-                query = query.where(mv.connector_id == connector_id)
+                where.append(mv.connector_id == connector_id)
             if phase is not None:
-                query = query.where(
-                    mv.phase.is_(None) if phase.lower() == "none" else mv.phase == phase
-                )
-            rows = list(await connection.execute(query.order_by(mv.timestamp).limit(RAW_LIMIT + 1)))
+                where.append(mv.phase.is_(None) if phase.lower() == "none" else mv.phase == phase)
+            query = charge_point_values(
+                connection.dialect.name,
+                cp_id,
+                [mv.connector_id, mv.phase, mv.location, mv.timestamp, mv.value, mv.unit, mv.id],
+                time=lambda ts: [ts >= since_at, ts < until_at],
+                where=where,
+                limit=RAW_LIMIT + 1,
+            )
+            rows = list(await connection.execute(query))
             truncated = len(rows) > RAW_LIMIT
             for r in rows[:RAW_LIMIT]:
                 key = (r[0], r[1] or "", r[2])

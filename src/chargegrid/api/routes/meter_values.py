@@ -17,12 +17,13 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from ocpp.v16.enums import Measurand, Phase
-from sqlalchemy import ColumnElement, Select, and_, select
+from sqlalchemy import ColumnElement, CompoundSelect, Select, select
 
 from chargegrid.api.deps import Node, Viewer, visible_charge_point_id
 from chargegrid.api.models import GroupedValue, MeterValueOut
 from chargegrid.api.pagination import SessionId, TimeParam, check_range, iso, parse_time
 from chargegrid.api.routes.sessions import visible_session
+from chargegrid.store.charge_point_values import TimeFilter, charge_point_values
 from chargegrid.store.queries import MEASURANDS, measurand_name
 from chargegrid.store.tables import meter_values
 
@@ -89,15 +90,12 @@ CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which values: whose, which measurands and phase, and the time range ``[since, until)``."""
+    """Which values (whose, which measurands and phase, the time range ``[since, until)``),
+    oldest first, and whose name goes on them."""
 
-    where: ColumnElement[bool]
+    query: Select[Any] | CompoundSelect[Any]
     identity: str
     filename: str
-
-    def query(self) -> Select[Any]:
-        mv = meter_values.c
-        return select(meter_values).where(self.where).order_by(mv.timestamp, mv.id)
 
 
 def _filters(
@@ -105,7 +103,9 @@ def _filters(
     phase: str | None,
     since: datetime | None,
     until: datetime | None,
-) -> list[ColumnElement[bool]]:
+) -> tuple[list[ColumnElement[bool]], TimeFilter]:
+    """Clauses on the values' columns, and the time range as a filter of a timestamp column
+    (store/charge_point_values.py applies it per index)."""
     mv = meter_values.c
     clauses: list[ColumnElement[bool]] = []
     if measurand:
@@ -126,11 +126,16 @@ def _filters(
             raise HTTPException(422, f"unknown phase {phase!r}: one of {', '.join(KNOWN_PHASES)}")
         clauses.append(mv.phase == phase)
     check_range(since, until)
-    if since is not None:
-        clauses.append(mv.timestamp >= since)
-    if until is not None:
-        clauses.append(mv.timestamp < until)
-    return clauses
+
+    def time(timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+        bounds: list[ColumnElement[bool]] = []
+        if since is not None:
+            bounds.append(timestamp >= since)
+        if until is not None:
+            bounds.append(timestamp < until)
+        return bounds
+
+    return clauses, time
 
 
 async def _charge_point_selection(
@@ -146,10 +151,10 @@ async def _charge_point_selection(
     if since_at is None:
         # The reference's default window: the last hour (up to ``until`` when given).
         since_at = (until_at or node.clock.now()) - timedelta(hours=1)
-    clauses = _filters(measurand, phase, since_at, until_at)
+    clauses, time = _filters(measurand, phase, since_at, until_at)
     cp_id = await visible_charge_point_id(node, principal, identity)
     return Selection(
-        and_(meter_values.c.charge_point_id == cp_id, *clauses),
+        charge_point_values(node.engine.dialect.name, cp_id, time=time, where=clauses),
         identity,
         f"{identity}-meter-values.csv",
     )
@@ -164,18 +169,23 @@ async def _session_selection(
     since: str | None,
     until: str | None,
 ) -> Selection:
-    clauses = _filters(measurand, phase, parse_time("since", since), parse_time("until", until))
+    clauses, time = _filters(
+        measurand, phase, parse_time("since", since), parse_time("until", until)
+    )
     row = await visible_session(node, principal, session_id)
     mv = meter_values.c
-    return Selection(
-        and_(
+    # By the transaction index (transaction id, timestamp).
+    query = (
+        select(meter_values)
+        .where(
             mv.transaction_id == session_id,
             mv.charge_point_id == row["charge_point_id"],
             *clauses,
-        ),
-        row["identity"],
-        f"session-{session_id}-meter-values.csv",
+            *time(mv.timestamp),
+        )
+        .order_by(mv.timestamp, mv.id)
     )
+    return Selection(query, row["identity"], f"session-{session_id}-meter-values.csv")
 
 
 def _check_limit(limit: int) -> None:
@@ -189,7 +199,7 @@ def _check_limit(limit: int) -> None:
 
 async def _json(node: Any, selection: Selection, grouped: bool, limit: int) -> Response:
     async with node.engine.connect() as connection:
-        rows = list((await connection.execute(selection.query().limit(limit + 1))).mappings())
+        rows = list((await connection.execute(selection.query.limit(limit + 1))).mappings())
     truncated = len(rows) > limit
     rows = rows[:limit]
     body: Any
@@ -248,7 +258,7 @@ def _is_number(text: str) -> bool:
 
 
 def _csv(node: Any, selection: Selection) -> StreamingResponse:
-    query = selection.query()
+    query = selection.query
 
     async def rows() -> AsyncIterator[str]:
         buffer = io.StringIO()

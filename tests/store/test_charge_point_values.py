@@ -1,0 +1,253 @@
+"""Reading one charge point's values (store/charge_point_values.py) against a brute-force
+filter of the table, on SQLite (keys up to the watermark + the values above it) and PostgreSQL;
+SQLite's query plans; and the keys kept in step by the watermark, retention and deletion."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import ColumnElement, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from chargegrid import admin
+from chargegrid.metering.retention import purge_raw_batch
+from chargegrid.store import rollups as rollup_store
+from chargegrid.store.charge_point_values import charge_point_values
+from chargegrid.store.database import create_engine, writing
+from chargegrid.store.migrate import upgrade
+from chargegrid.store.tables import charge_points, meter_value_keys, meter_values, rollup_watermark
+
+BASE = datetime(2026, 3, 1, tzinfo=UTC)
+MEASURANDS = ["Energy.Active.Import.Register", "Power.Active.Import", "Current.Import"]
+
+
+def _value(cp: int, minute: int, measurand: str, value: float) -> dict[str, Any]:
+    at = BASE + timedelta(minutes=minute)
+    return {
+        "charge_point_id": cp,
+        "connector_id": 1,
+        "transaction_id": None,
+        "timestamp": at,
+        "timestamp_raw": at.isoformat(),
+        "measurand": measurand,
+        "phase": None,
+        "location": "Outlet",
+        "context": "Sample.Periodic",
+        "unit": "W",
+        "raw_unit": "W",
+        "value": value,
+        "raw_value": str(value),
+        "format": "Raw",
+    }
+
+
+async def _engine_with_values(url: str, count: int) -> tuple[AsyncEngine, list[int]]:
+    """Three charge points' values in random order; the watermark advanced over the first
+    two thirds (keyed on SQLite), the rest above it."""
+    engine = create_engine(url)
+    await upgrade(engine)
+    rng = random.Random(7)
+    async with writing(engine).begin() as connection:
+        ids = [
+            await admin.add_charge_point(connection, f"KEYS{n}", now=BASE, hash_iterations=1000)
+            for n in range(3)
+        ]
+        rows = [
+            _value(cp, minute, measurand, float(rng.randrange(1000)))
+            for cp in ids
+            for minute in range(count)
+            for measurand in MEASURANDS
+        ]
+        rng.shuffle(rows)
+        cut = len(rows) * 2 // 3
+        await connection.execute(insert(meter_values), rows[:cut])
+        await rollup_store.advance_watermark(connection)
+        await connection.execute(insert(meter_values), rows[cut:])
+    return engine, ids
+
+
+def _expected(rows: list[Any], keep: Callable[[Any], bool], newest_first: bool) -> list[int]:
+    chosen = sorted((r for r in rows if keep(r)), key=lambda r: (r.timestamp, r.id))
+    if newest_first:
+        chosen.reverse()
+    return [r.id for r in chosen]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+async def test_reads_equal_a_filter_of_the_table(database_url: str) -> None:
+    engine, ids = await _engine_with_values(database_url, 60)
+    mv = meter_values.c
+    try:
+        async with engine.connect() as connection:
+            dialect = connection.dialect.name
+            if dialect == "sqlite":
+                keyed = await connection.scalar(select(meter_value_keys.c.id).limit(1))
+                assert keyed is not None  # both arms have something to read
+            every = (await connection.execute(select(meter_values))).all()
+            since, until = BASE + timedelta(minutes=10), BASE + timedelta(minutes=40)
+            cases: list[tuple[dict[str, Any], Callable[[Any], bool]]] = [
+                ({}, lambda r: True),
+                (
+                    {"time": lambda ts: [ts >= since, ts < until]},
+                    lambda r: since <= r.timestamp < until,
+                ),
+                (
+                    {"where": [mv.measurand == "Power.Active.Import"]},
+                    lambda r: r.measurand == "Power.Active.Import",
+                ),
+                ({"time": lambda ts: [ts < since]}, lambda r: r.timestamp < since),
+            ]
+            for cp in ids:
+                for options, keep in cases:
+                    for newest_first in (False, True):
+                        for limit in (None, 1, 7):
+                            query = charge_point_values(
+                                dialect,
+                                cp,
+                                newest_first=newest_first,
+                                limit=limit,
+                                **options,
+                            )
+                            got = [r.id for r in await connection.execute(query)]
+                            expected = _expected(
+                                every,
+                                lambda r, cp=cp, keep=keep: r.charge_point_id == cp and keep(r),
+                                newest_first,
+                            )
+                            assert got == expected[:limit], (options, newest_first, limit)
+    finally:
+        await engine.dispose()
+
+
+async def _plan(connection: AsyncConnection, query: Any) -> str:
+    compiled = query.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
+    rows = await connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}")
+    return " | ".join(str(row[-1]) for row in rows)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_sqlite_reads_by_keys_and_rowid_never_by_scanning_the_time_index(
+    database_url: str,
+) -> None:
+    """The keyed arm walks the keys' primary key; the fresh arm reads the rowid range above the
+    watermark. Neither scans the sample index led by time (every charge point's values)."""
+    engine, ids = await _engine_with_values(database_url, 5)
+    mv = meter_values.c
+    before: Callable[[ColumnElement[Any]], list[ColumnElement[bool]]] = lambda ts: [  # noqa: E731
+        ts < BASE + timedelta(minutes=3)
+    ]
+    try:
+        async with engine.connect() as connection:
+            for query in (
+                charge_point_values("sqlite", ids[0], limit=100),
+                charge_point_values("sqlite", ids[0], newest_first=True, limit=1),
+                charge_point_values(
+                    "sqlite",
+                    ids[0],
+                    [mv.timestamp, mv.value],
+                    time=before,
+                    where=[mv.measurand == MEASURANDS[0]],
+                    newest_first=True,
+                    then_by="value",
+                    limit=1,
+                ),
+            ):
+                plan = await _plan(connection, query)
+                assert "MERGE (UNION ALL)" in plan
+                assert "SEARCH meter_value_keys USING PRIMARY KEY (charge_point_id=?" in plan
+                assert "USING INTEGER PRIMARY KEY (rowid>?)" in plan
+                assert "uq_meter_values_sample" not in plan
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_key_left_behind_by_a_deleted_value_is_ignored(database_url: str) -> None:
+    """Keys are deleted with their values by every path that deletes values; if one were left
+    behind and its id reused, the read still returns each value once, as it is stored."""
+    engine, ids = await _engine_with_values(database_url, 4)
+    try:
+        async with writing(engine).begin() as connection:
+            await connection.execute(delete(meter_values))  # the keys stay
+            await connection.execute(update(rollup_watermark).values(raw_id=0))
+            # Reused ids: one charge point's values again, other timestamps, none keyed.
+            rows = [_value(ids[1], 100 + m, MEASURANDS[1], float(m)) for m in range(20)]
+            await connection.execute(insert(meter_values), rows)
+        async with engine.connect() as connection:
+            got = list(await connection.execute(charge_point_values("sqlite", ids[1])))
+            assert [(r.timestamp, r.value) for r in got] == [
+                (r["timestamp"], r["value"]) for r in rows
+            ]
+            assert list(await connection.execute(charge_point_values("sqlite", ids[0]))) == []
+        async with writing(engine).begin() as connection:  # now keyed: the same once more
+            await rollup_store.advance_watermark(connection)
+            again = list(await connection.execute(charge_point_values("sqlite", ids[1])))
+            assert [r.id for r in again] == [r.id for r in got]
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_retention_and_charge_point_deletion_take_the_keys_along(database_url: str) -> None:
+    engine, ids = await _engine_with_values(database_url, 30)
+    keys = meter_value_keys.c
+    try:
+        async with writing(engine).begin() as connection:
+            await rollup_store.advance_watermark(connection)  # every value keyed
+            cutoff = BASE + timedelta(minutes=10)
+            deleted = 0
+            while batch := await purge_raw_batch(connection, cutoff, 25):
+                deleted += batch
+            assert deleted == 3 * 10 * len(MEASURANDS)
+            left = await connection.scalar(select(keys.id).where(keys.timestamp < cutoff).limit(1))
+            assert left is None
+            remaining = (await connection.execute(select(keys.id).order_by(keys.id))).scalars()
+            stored = (await connection.execute(select(meter_values.c.id).order_by("id"))).scalars()
+            assert list(remaining) == list(stored)
+
+            await connection.execute(delete(charge_points).where(charge_points.c.id == ids[0]))
+            orphans = await connection.scalar(
+                select(keys.id).where(keys.charge_point_id == ids[0]).limit(1)
+            )
+            assert orphans is None
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_written_out_register_window_equals_the_general_one(database_url: str) -> None:
+    """The rollups' read-back on SQLite (one hand-written statement over the keys, the values
+    above the watermark read once for all series) returns what the general query returns."""
+    engine, ids = await _engine_with_values(database_url, 40)
+    try:
+        async with writing(engine).begin() as connection:
+            # Readings sharing a timestamp with another context: the neighbour is the last by
+            # value. One keyed (below the watermark), one above it.
+            twin = _value(ids[0], 5, MEASURANDS[0], 5000.0)
+            twin["context"] = "Transaction.Begin"
+            await connection.execute(insert(meter_values), [twin])
+            await rollup_store.advance_watermark(connection)
+            late = _value(ids[0], 25, MEASURANDS[0], 9000.0)
+            late["context"] = "Transaction.Begin"
+            await connection.execute(insert(meter_values), [late])
+            fresh = await rollup_store.fresh_readings(connection, set(ids))
+            assert fresh
+            checked = 0
+            for cp in ids:
+                for measurand in MEASURANDS:
+                    series = (cp, 1, measurand, "", "Outlet")
+                    for first, last in ((0, 0), (5, 5), (5, 26), (25, 25), (39, 39), (-1, 3)):
+                        window = (BASE + timedelta(minutes=first), BASE + timedelta(minutes=last))
+                        general = await rollup_store.register_window(connection, series, *window)
+                        written = await rollup_store.register_window(
+                            connection, series, *window, fresh=fresh.get(series, [])
+                        )
+                        assert written == general, (series, first, last)
+                        checked += bool(general[0])
+            assert checked
+    finally:
+        await engine.dispose()
