@@ -23,11 +23,12 @@ from chargegrid.store.meter_batch import (
     CoreMeterBatch,
     MeterBatch,
     SqliteMeterBatch,
-    sqlite_text,
+    _statement_rows,
 )
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.sqlite_writer import Abandon, SqliteWriter
 from chargegrid.store.tables import meter_rollups, meter_values
+from chargegrid.store.types import sqlite_text
 
 BASE = datetime(2026, 3, 29, 0, 59, 59, 999_999, tzinfo=UTC)
 
@@ -117,6 +118,24 @@ async def test_a_large_batch_is_split_below_the_variable_limit(engine: AsyncEngi
     assert len(await insert(engine, SqliteMeterBatch(), values)) == 2500
 
 
+@pytest.mark.parametrize("count", [1, 15, 16, 17, 600, 1024, 1025])
+async def test_padded_statements_store_each_row_once(engine: AsyncEngine, count: int) -> None:
+    """Statements come in a few shapes (powers of two up to 1,024 rows), padded with copies of
+    the chunk's last row: the copies are never stored nor handed back, whether that row was
+    new or a replay."""
+    assert _statement_rows(min(count, 1024)) in (16, 32, 64, 128, 256, 512, 1024)
+    values = rows(count + 5)
+    half = await insert(engine, SqliteMeterBatch(), values[: count // 2])
+    assert len(half) == count // 2
+    rest = await insert(engine, SqliteMeterBatch(), values[:count])  # replays first, then new
+    assert len(rest) == count - count // 2
+    again = await insert(engine, SqliteMeterBatch(), values[:count])  # all replays
+    assert again == []
+    async with engine.connect() as connection:
+        stored = await connection.scalar(text("SELECT count(*) FROM meter_values"))
+    assert stored == count
+
+
 async def test_merges_through_either_path_give_the_same_rollups(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -180,7 +199,8 @@ async def test_the_writer_thread_insert_returns_what_returning_would(
     try:
         first = await alone(values[:1200])
         assert len(first.rows) == 1200 and first.first_id == 1
-        # 1,000-row chunks: the replays straddle the first chunk's end.
+        # 1,024-row chunks, the last padded to a power of two with copies of its last row:
+        # replays and new rows in one chunk, padding after a new row and after a replay.
         mixed = await alone(values[900:2500])
         assert mixed.first_id == 1201
         other = create_engine(
