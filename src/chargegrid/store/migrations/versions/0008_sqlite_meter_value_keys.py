@@ -6,7 +6,7 @@ most of the insert's cost. Led by the timestamp, the index takes a commit's valu
 (it then also serves retention, so ix_meter_values_timestamp goes). Which values belong to which
 charge point is kept in meter_value_keys (charge point, timestamp, id), filled in bulk and sorted
 when the rollup watermark advances (about once a second): raw sqlite3 at ~1M rows, 500 charge
-points, 3 values per message: 28-32 -> 12 us of CPU per value (benchmarks/sqlite_index.py,
+points, 3 values per message: 21-32 -> 12-13 us of CPU per value (benchmarks/sqlite_index.py,
 docs/benchmarks.md). Reads by charge point take the keys up to the watermark plus the values
 above it (store/charge_point_values.py).
 
