@@ -53,6 +53,14 @@ LAYOUTS = {
     ],
     "none": [],
 }
+# The layouts with a table filled in bulk, sorted, every 10 commits: the statement filling it
+# with the values whose ids are in (?, ?].
+BULK_FILLS = {
+    "ts+keys": "INSERT INTO keys SELECT charge_point_id, timestamp, id"
+    " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3",
+    "ts+side": "INSERT INTO side SELECT charge_point_id, measurand, timestamp, id"
+    " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3, 4",
+}
 COLUMNS = (
     "charge_point_id, connector_id, transaction_id, timestamp, timestamp_raw, measurand, phase,"
     " location, context, unit, value, raw_value, raw_unit, format"
@@ -124,21 +132,10 @@ def run(layout: str, prefill: int, cache_kib: int, directory: Path) -> str:
                     [value for row in chunk for value in row],
                 )
             state["commits"] += 1
-            if layout == "ts+keys" and state["commits"] % 10 == 0:
+            fill = BULK_FILLS.get(layout)
+            if fill is not None and state["commits"] % 10 == 0:
                 top = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
-                db.execute(
-                    "INSERT INTO keys SELECT charge_point_id, timestamp, id"
-                    " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3",
-                    (state["indexed"], top),
-                )
-                state["indexed"] = top
-            if layout == "ts+side" and state["commits"] % 10 == 0:
-                top = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
-                db.execute(
-                    "INSERT INTO side SELECT charge_point_id, measurand, timestamp, id"
-                    " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3, 4",
-                    (state["indexed"], top),
-                )
+                db.execute(fill, (state["indexed"], top))
                 state["indexed"] = top
             db.execute("COMMIT")
 

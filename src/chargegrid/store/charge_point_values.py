@@ -22,6 +22,7 @@ optoverview.html, "Disqualifying WHERE clause terms using unary-+"). Tests check
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -45,6 +46,20 @@ TimeFilter = Callable[[ColumnElement[Any]], list[ColumnElement[bool]]]
 
 def _no_time(_timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
     return []
+
+
+def between(since: datetime | None, until: datetime | None) -> TimeFilter:
+    """The time range ``[since, until)`` (either end open when None) as a :data:`TimeFilter`."""
+
+    def time(timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+        bounds: list[ColumnElement[bool]] = []
+        if since is not None:
+            bounds.append(timestamp >= since)
+        if until is not None:
+            bounds.append(timestamp < until)
+        return bounds
+
+    return time
 
 
 def charge_point_values(

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chargegrid.store.charge_point_values import charge_point_values
+from chargegrid.store.charge_point_values import between, charge_point_values
 from chargegrid.store.records import ChargePoint, Connector, MeterValue, Transaction
 from chargegrid.store.rollups import HOUR
 from chargegrid.store.tables import (
@@ -185,14 +185,7 @@ class Queries:
             where.append(mv.transaction_id == session_id)
         if phase is not None:
             where.append(mv.phase == phase)
-
-        def time(timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
-            bounds: list[ColumnElement[bool]] = []
-            if since is not None:
-                bounds.append(timestamp >= since)
-            if until is not None:
-                bounds.append(timestamp < until)
-            return bounds
+        time = between(since, until)
 
         query: Select[Any] | CompoundSelect[Any]
         if identity is not None:

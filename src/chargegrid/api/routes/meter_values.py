@@ -23,7 +23,7 @@ from chargegrid.api.deps import Node, Viewer, visible_charge_point_id
 from chargegrid.api.models import GroupedValue, MeterValueOut
 from chargegrid.api.pagination import SessionId, TimeParam, check_range, iso, parse_time
 from chargegrid.api.routes.sessions import visible_session
-from chargegrid.store.charge_point_values import TimeFilter, charge_point_values
+from chargegrid.store.charge_point_values import TimeFilter, between, charge_point_values
 from chargegrid.store.queries import MEASURANDS, measurand_name
 from chargegrid.store.tables import meter_values
 
@@ -126,16 +126,7 @@ def _filters(
             raise HTTPException(422, f"unknown phase {phase!r}: one of {', '.join(KNOWN_PHASES)}")
         clauses.append(mv.phase == phase)
     check_range(since, until)
-
-    def time(timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
-        bounds: list[ColumnElement[bool]] = []
-        if since is not None:
-            bounds.append(timestamp >= since)
-        if until is not None:
-            bounds.append(timestamp < until)
-        return bounds
-
-    return clauses, time
+    return clauses, between(since, until)
 
 
 async def _charge_point_selection(
