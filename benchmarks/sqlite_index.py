@@ -1,6 +1,7 @@
 """CPU per meter value of SQLite's insert under different index layouts (raw ``sqlite3``).
 
-``python benchmarks/sqlite_index.py [layout ...] [--prefill 400] [--cache-kib 65536]``
+``python benchmarks/sqlite_index.py [layout ...] [--prefill 400] [--cache-kib 65536]
+[--transactions]``
 
 The experiment behind migration 0007 (docs/benchmarks.md, "Where the time goes"): the
 ``meter_values`` table as shipped (ids, the transaction and timestamp indexes), 500 charge
@@ -74,7 +75,7 @@ MESSAGES_PER_COMMIT = 650
 CHARGE_POINTS = 500
 
 
-def run(layout: str, prefill: int, cache_kib: int, directory: Path) -> str:
+def run(layout: str, prefill: int, cache_kib: int, directory: Path, transactions: bool) -> str:
     path = directory / f"{layout}.db"
     db = sqlite3.connect(path, isolation_level=None)
     db.execute(f"PRAGMA cache_size=-{cache_kib}")
@@ -107,7 +108,7 @@ def run(layout: str, prefill: int, cache_kib: int, directory: Path) -> str:
                         (
                             cp,
                             1,
-                            None,
+                            cp if transactions else None,  # one open session per charge point
                             text,
                             text + "Z",
                             measurand,
@@ -158,13 +159,20 @@ def main() -> None:
     parser.add_argument("layouts", nargs="*", help=f"of {', '.join(LAYOUTS)} (default: all)")
     parser.add_argument("--prefill", type=int, default=400, help="commits before measuring")
     parser.add_argument("--cache-kib", type=int, default=65536, help="SQLite page cache")
+    parser.add_argument(
+        "--transactions",
+        action="store_true",
+        help="values carry a transaction id (one open session per charge point), as in a real "
+        "fleet; by default none, as in the throughput benchmark",
+    )
     args = parser.parse_args()
     unknown = set(args.layouts) - set(LAYOUTS)
     if unknown:
         parser.error(f"unknown layout(s) {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as directory:
         for layout in args.layouts or list(LAYOUTS):
-            print(run(layout, args.prefill, args.cache_kib, Path(directory)), flush=True)
+            figure = run(layout, args.prefill, args.cache_kib, Path(directory), args.transactions)
+            print(figure, flush=True)
 
 
 if __name__ == "__main__":
