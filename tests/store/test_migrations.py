@@ -1,7 +1,8 @@
 """The shipped migrations build exactly the schema ``store/tables.py`` declares, on SQLite and
 PostgreSQL (less what differs by database on purpose, checked here item by item), and
-migrations 0006-0008 (the sample index re-ordered three times, one index dropped, SQLite's
-meter_value_keys) go down and up again with data in place. Nothing else checks that the two
+migrations 0006-0009 (the sample index re-ordered three times, one index dropped, SQLite's
+meter_value_keys and meter_value_transaction_keys instead of the transaction index) go down and
+up again with data in place. Nothing else checks that the two
 descriptions of the schema agree."""
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ SAMPLE_COLUMNS = {
     "postgresql": ["charge_point_id", "timestamp", "measurand", *REST],
     "sqlite": ["timestamp", "charge_point_id", "measurand", *REST],
 }
-# What store/tables.py declares for one database only (migration 0008).
-ONLY_ON = {"ix_meter_values_timestamp": "postgresql", "meter_value_keys": "sqlite"}
+# What store/tables.py declares for one database only (migrations 0008, 0009).
+ONLY_ON = {
+    "ix_meter_values_timestamp": "postgresql",
+    "ix_meter_values_transaction": "postgresql",
+    "meter_value_keys": "sqlite",
+    "meter_value_transaction_keys": "sqlite",
+}
 
 
 async def _sync(engine: AsyncEngine, work: Any) -> Any:
@@ -67,10 +73,8 @@ def _differences(connection: Connection) -> list[Any]:
 def _dialect_only_parts(connection: Connection) -> dict[str, bool]:
     """Whether each database-specific part of the schema exists."""
     tables = set(inspect(connection).get_table_names())
-    return {
-        "ix_meter_values_timestamp": "ix_meter_values_timestamp" in _index_names(connection),
-        "meter_value_keys": "meter_value_keys" in tables,
-    }
+    indexes = _index_names(connection)
+    return {name: name in tables or name in indexes for name in ONLY_ON}
 
 
 def _expected_parts(dialect: str) -> dict[str, bool]:
@@ -126,7 +130,7 @@ async def test_migrations_build_the_declared_schema(database_url: str) -> None:
         await engine.dispose()
 
 
-async def test_0006_to_0008_go_down_and_up_with_values_in_place(database_url: str) -> None:
+async def test_0006_to_0009_go_down_and_up_with_values_in_place(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         await upgrade(engine)
@@ -143,6 +147,7 @@ async def test_0006_to_0008_go_down_and_up_with_values_in_place(database_url: st
                     {
                         "charge_point_id": cp,
                         "connector_id": 1,
+                        "transaction_id": None if minute == 1 else 7,
                         "timestamp": at + timedelta(minutes=minute),
                         "timestamp_raw": f"2026-01-01T00:0{minute}:00Z",
                         "measurand": "Energy.Active.Import.Register",
@@ -165,6 +170,12 @@ async def test_0006_to_0008_go_down_and_up_with_values_in_place(database_url: st
         def down_and_up(connection: Connection) -> None:
             config = alembic_config()
             config.attributes["connection"] = connection
+            command.downgrade(config, "0008")
+            parts = _dialect_only_parts(connection)
+            if dialect == "sqlite":
+                assert parts["ix_meter_values_transaction"]
+                assert parts["meter_value_keys"]
+                assert not parts["meter_value_transaction_keys"]
             command.downgrade(config, "0007")
             leading = _sample_index(connection)[:3]
             assert leading == ["charge_point_id", "timestamp", "measurand"]
@@ -188,6 +199,15 @@ async def test_0006_to_0008_go_down_and_up_with_values_in_place(database_url: st
                 ),
             )
             assert keyed == [1, 2]
+            session_keys = await _sync(
+                engine,
+                lambda c: (
+                    c.exec_driver_sql("SELECT id FROM meter_value_transaction_keys ORDER BY id")
+                    .scalars()
+                    .all()
+                ),
+            )
+            assert session_keys == [1]  # value 2 has no transaction, value 3 is above
         count = await _sync(
             engine, lambda c: c.exec_driver_sql("SELECT count(*) FROM meter_values").scalar_one()
         )

@@ -42,7 +42,8 @@ def _bind(connection: AsyncConnection, at: datetime) -> object:
 async def purge_raw_batch(connection: AsyncConnection, before: datetime, limit: int) -> int:
     """Delete up to ``limit`` raw values older than ``before`` (found by the index led by time:
     ix_meter_values_timestamp on PostgreSQL, the sample index on SQLite), and on SQLite their
-    keys (store/charge_point_values.py): exactly the deleted rows', looked up by primary key."""
+    keys by charge point and by session (store/value_keys.py): exactly the deleted rows',
+    looked up by primary key."""
     oldest = "SELECT id FROM meter_values WHERE timestamp < :before LIMIT :limit"
     parameters = {"before": _bind(connection, before), "limit": limit}
     if connection.dialect.name != "sqlite":
@@ -54,7 +55,7 @@ async def purge_raw_batch(connection: AsyncConnection, before: datetime, limit: 
         await connection.execute(
             text(
                 f"DELETE FROM meter_values WHERE id IN ({oldest}) "
-                "RETURNING charge_point_id, timestamp, id"
+                "RETURNING charge_point_id, timestamp, id, transaction_id"
             ),
             parameters,
         )
@@ -65,7 +66,18 @@ async def purge_raw_batch(connection: AsyncConnection, before: datetime, limit: 
                 "DELETE FROM meter_value_keys "
                 "WHERE charge_point_id = :cp AND timestamp = :at AND id = :id"
             ),
-            [{"cp": cp, "at": at, "id": row_id} for cp, at, row_id in deleted],
+            [{"cp": cp, "at": at, "id": row_id} for cp, at, row_id, _ in deleted],
+        )
+    sessions = [
+        {"tx": tx, "at": at, "id": row_id} for _, at, row_id, tx in deleted if tx is not None
+    ]
+    if sessions:
+        await connection.execute(
+            text(
+                "DELETE FROM meter_value_transaction_keys "
+                "WHERE transaction_id = :tx AND timestamp = :at AND id = :id"
+            ),
+            sessions,
         )
     return len(deleted)
 

@@ -34,7 +34,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chargegrid.store import meter_values as meter_store
 from chargegrid.store import rollups as rollup_store
-from chargegrid.store.charge_point_values import key_values
 from chargegrid.store.database import writing
 from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_batch import (
@@ -47,6 +46,7 @@ from chargegrid.store.meter_batch import (
 from chargegrid.store.rollups import DAY, HOUR, Reading, SeriesKey
 from chargegrid.store.sqlite_writer import Abandon, SqliteWriter
 from chargegrid.store.tables import meter_rollups
+from chargegrid.store.value_keys import key_values
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Insert, select
+from sqlalchemy import Insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chargegrid.store.tables import meter_values
+from chargegrid.store.value_keys import transaction_values
 
 
 def insert_statement(dialect: str) -> Insert:
@@ -24,15 +25,18 @@ def insert_statement(dialect: str) -> Insert:
 
 async def energy_register_readings(connection: AsyncConnection, transaction_id: int) -> list[float]:
     """The transaction's Energy.Active.Import.Register readings (Wh) at the outlet, oldest first."""
+    mv = meter_values.c
     rows = await connection.execute(
-        select(meter_values.c.value)
-        .where(
-            meter_values.c.transaction_id == transaction_id,
-            meter_values.c.measurand == "Energy.Active.Import.Register",
-            meter_values.c.value.is_not(None),
-            meter_values.c.location == "Outlet",
-            meter_values.c.phase.is_(None),  # the total register, not a per-phase one
+        transaction_values(
+            connection.dialect.name,
+            transaction_id,
+            [mv.timestamp, mv.id, mv.value],
+            where=[
+                mv.measurand == "Energy.Active.Import.Register",
+                mv.value.is_not(None),
+                mv.location == "Outlet",
+                mv.phase.is_(None),  # the total register, not a per-phase one
+            ],
         )
-        .order_by(meter_values.c.timestamp, meter_values.c.id)
     )
-    return [float(r[0]) for r in rows]
+    return [float(r.value) for r in rows]

@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from chargegrid.store.charge_point_values import between, charge_point_values
 from chargegrid.store.records import ChargePoint, Connector, MeterValue, Transaction
 from chargegrid.store.rollups import HOUR
 from chargegrid.store.tables import (
@@ -28,6 +27,7 @@ from chargegrid.store.tables import (
     meter_values,
     transactions,
 )
+from chargegrid.store.value_keys import between, charge_point_values, transaction_values
 
 # The reference guide's measurand scopes (``meter_values.energy`` etc.).
 MEASURANDS: dict[str, str] = {
@@ -181,21 +181,29 @@ class Queries:
         where: list[ColumnElement[bool]] = []
         if measurand is not None:
             where.append(mv.measurand == measurand_name(measurand))
-        if session_id is not None:
-            where.append(mv.transaction_id == session_id)
         if phase is not None:
             where.append(mv.phase == phase)
         time = between(since, until)
 
         query: Select[Any] | CompoundSelect[Any]
-        if identity is not None:
-            charge_point = (
-                select(charge_points.c.id)
-                .where(charge_points.c.identity == identity)
-                .scalar_subquery()
+        dialect = self._engine.dialect.name
+        charge_point = (
+            select(charge_points.c.id).where(charge_points.c.identity == identity).scalar_subquery()
+        )
+        if session_id is not None:  # a session's values are fewer than its charge point's
+            if identity is not None:
+                where.append(mv.charge_point_id == charge_point)
+            query = transaction_values(
+                dialect,
+                session_id,
+                time=time,
+                where=where,
+                newest_first=newest_first,
+                limit=limit,
             )
+        elif identity is not None:
             query = charge_point_values(
-                self._engine.dialect.name,
+                dialect,
                 charge_point,
                 time=time,
                 where=where,

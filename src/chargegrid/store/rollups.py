@@ -25,9 +25,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from chargegrid.store.charge_point_values import charge_point_values, key_values
 from chargegrid.store.tables import charge_points, meter_rollups, meter_values, rollup_watermark
 from chargegrid.store.types import sqlite_text
+from chargegrid.store.value_keys import charge_point_values, key_values
 
 HOUR = "hour"
 DAY = "day"
@@ -186,7 +186,7 @@ async def fresh_readings(
 ) -> dict[SeriesKey, list[Reading]] | None:
     """SQLite: the readings with a number above the watermark of ``charge_point_ids``, by
     series (one read of the rowid range; there is no index by charge point to use). None on
-    other databases, which need no such thing (store/charge_point_values.py)."""
+    other databases, which need no such thing (store/value_keys.py)."""
     if connection.dialect.name != "sqlite" or not charge_point_ids:
         return None
     mv = meter_values.c
@@ -221,7 +221,7 @@ async def register_window(
     """The series' readings from the one before ``first`` to the one after ``last``.
 
     Ordered by (timestamp, value); the flag says whether a reading after ``last`` exists.
-    Three range reads of the charge point's values (store/charge_point_values.py); the rest of
+    Three range reads of the charge point's values (store/value_keys.py); the rest of
     the series is matched on the rows. On SQLite, ``fresh`` (the series' readings above the
     watermark, from :func:`fresh_readings`) stands in for the values above the watermark.
     """
@@ -238,7 +238,7 @@ async def register_window(
 
 def _keyed_sql(alias: str, time: str, columns: str) -> str:
     """SQLite: the series' keyed values (up to the watermark) matching ``time`` (on
-    ``{alias}k.timestamp``); see store/charge_point_values.py."""
+    ``{alias}k.timestamp``); see store/value_keys.py."""
     k, mv = f"{alias}k", f"{alias}mv"
     return (
         f"SELECT {columns} FROM meter_value_keys AS {k} JOIN meter_values AS {mv} "

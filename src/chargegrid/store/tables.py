@@ -164,6 +164,7 @@ meter_values = Table(
     Column("raw_value", Text, nullable=False),  # exactly as sent (SignedData kept verbatim)
     Column("raw_unit", String(12), nullable=False),
     Column("format", String(12), nullable=False),
+    # PostgreSQL only; SQLite has meter_value_transaction_keys instead (migration 0009).
     Index("ix_meter_values_transaction", "transaction_id", "timestamp"),
 )
 
@@ -419,7 +420,7 @@ rollup_watermark = Table(
 # commit appends to one tail of it instead of writing one index page per charge point; this
 # table is filled in bulk, sorted, when the watermark advances (about once a second), so each
 # charge point's page is written once a second rather than once per commit. Reads by charge
-# point (store/charge_point_values.py) take these keys plus the few values above the
+# point (store/value_keys.py) take these keys plus the few values above the
 # watermark. PostgreSQL has no such table: its sample index still leads with the charge point.
 meter_value_keys = Table(
     "meter_value_keys",
@@ -432,6 +433,25 @@ meter_value_keys = Table(
     ),
     Column("timestamp", UTCDateTime, primary_key=True),
     Column("id", BigInteger, primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
+)
+
+# SQLite only (migration 0009): the same for sessions. ix_meter_values_transaction had a tail
+# page per open session, i.e. per charging charge point, written at every commit; these keys
+# are written with meter_value_keys, once a second. The charge point is carried only so that
+# deleting one deletes its keys (the values' transaction ids have no foreign key).
+meter_value_transaction_keys = Table(
+    "meter_value_transaction_keys",
+    metadata,
+    Column("transaction_id", Integer, primary_key=True, autoincrement=False),
+    Column("timestamp", UTCDateTime, primary_key=True),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column(
+        "charge_point_id",
+        Integer,
+        ForeignKey("charge_points.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     sqlite_with_rowid=False,
 )
 

@@ -21,9 +21,9 @@ from chargegrid.api.pagination import SessionId, TimeParam, check_range, iso, pa
 from chargegrid.api.routes.sessions import visible_session
 from chargegrid.cluster.link import ClusterUnavailable
 from chargegrid.store import rollups as rollup_store
-from chargegrid.store.charge_point_values import charge_point_values
 from chargegrid.store.queries import MEASURANDS, measurand_name
 from chargegrid.store.tables import meter_values
+from chargegrid.store.value_keys import charge_point_values
 
 router = APIRouter(prefix="/api/v1", tags=["history"])
 

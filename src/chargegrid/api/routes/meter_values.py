@@ -17,15 +17,20 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from ocpp.v16.enums import Measurand, Phase
-from sqlalchemy import ColumnElement, CompoundSelect, Select, select
+from sqlalchemy import ColumnElement, CompoundSelect, Select
 
 from chargegrid.api.deps import Node, Viewer, visible_charge_point_id
 from chargegrid.api.models import GroupedValue, MeterValueOut
 from chargegrid.api.pagination import SessionId, TimeParam, check_range, iso, parse_time
 from chargegrid.api.routes.sessions import visible_session
-from chargegrid.store.charge_point_values import TimeFilter, between, charge_point_values
 from chargegrid.store.queries import MEASURANDS, measurand_name
 from chargegrid.store.tables import meter_values
+from chargegrid.store.value_keys import (
+    TimeFilter,
+    between,
+    charge_point_values,
+    transaction_values,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["meter values"])
 
@@ -105,7 +110,7 @@ def _filters(
     until: datetime | None,
 ) -> tuple[list[ColumnElement[bool]], TimeFilter]:
     """Clauses on the values' columns, and the time range as a filter of a timestamp column
-    (store/charge_point_values.py applies it per index)."""
+    (store/value_keys.py applies it per index)."""
     mv = meter_values.c
     clauses: list[ColumnElement[bool]] = []
     if measurand:
@@ -165,16 +170,11 @@ async def _session_selection(
     )
     row = await visible_session(node, principal, session_id)
     mv = meter_values.c
-    # By the transaction index (transaction id, timestamp).
-    query = (
-        select(meter_values)
-        .where(
-            mv.transaction_id == session_id,
-            mv.charge_point_id == row["charge_point_id"],
-            *clauses,
-            *time(mv.timestamp),
-        )
-        .order_by(mv.timestamp, mv.id)
+    query = transaction_values(
+        node.engine.dialect.name,
+        session_id,
+        time=time,
+        where=[mv.charge_point_id == row["charge_point_id"], *clauses],
     )
     return Selection(query, row["identity"], f"session-{session_id}-meter-values.csv")
 

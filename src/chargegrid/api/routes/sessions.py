@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
-from sqlalchemy import RowMapping, and_, func, select
+from sqlalchemy import RowMapping, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from chargegrid.api.deps import Node, Principal, Viewer
@@ -26,6 +26,7 @@ from chargegrid.api.pagination import (
     visible,
 )
 from chargegrid.store.tables import charge_points, meter_values, transactions
+from chargegrid.store.value_keys import transaction_values
 
 router = APIRouter(prefix="/api/v1", tags=["sessions"])
 
@@ -50,26 +51,26 @@ async def energy_so_far(
     if not starts:
         return {}
     mv = meter_values.c
-    reading = and_(
-        mv.transaction_id.in_(sorted(starts)),
-        mv.measurand == ENERGY_REGISTER,
-        mv.location == "Outlet",
-        mv.value.is_not(None),
-    )
-    latest = (
-        select(mv.transaction_id, func.max(mv.timestamp).label("at"))
-        .where(reading)
-        .group_by(mv.transaction_id)
-        .subquery()
-    )
+    # Each session's newest reading, the largest if several share its timestamp: one read
+    # from the end of the session's values per session (store/value_keys.py).
+    newest = transaction_values(
+        connection.dialect.name,
+        transactions.c.id,
+        [mv.timestamp, mv.value],
+        where=[
+            mv.measurand == ENERGY_REGISTER,
+            mv.location == "Outlet",
+            mv.value.is_not(None),
+        ],
+        newest_first=True,
+        then_by="value",
+        limit=1,
+        correlate=transactions,
+    ).subquery()
     rows = await connection.execute(
-        select(mv.transaction_id, func.max(mv.value))
-        .join(
-            latest,
-            and_(mv.transaction_id == latest.c.transaction_id, mv.timestamp == latest.c.at),
+        select(transactions.c.id, select(newest.c.value).scalar_subquery()).where(
+            transactions.c.id.in_(sorted(starts))
         )
-        .where(reading)
-        .group_by(mv.transaction_id)
     )
     result: dict[int, float] = {}
     for transaction_id, value in rows:
@@ -207,13 +208,12 @@ async def get_session(session_id: SessionId, node: Node, principal: Viewer) -> S
         values = list(
             (
                 await connection.execute(
-                    select(meter_values)
-                    .where(
-                        mv.transaction_id == session_id,
-                        mv.charge_point_id == row["charge_point_id"],
+                    transaction_values(
+                        connection.dialect.name,
+                        session_id,
+                        where=[mv.charge_point_id == row["charge_point_id"]],
+                        limit=SESSION_DETAIL_VALUES + 1,
                     )
-                    .order_by(mv.timestamp, mv.id)
-                    .limit(SESSION_DETAIL_VALUES + 1)
                 )
             ).mappings()
         )

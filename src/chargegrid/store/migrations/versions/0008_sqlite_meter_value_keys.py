@@ -8,7 +8,7 @@ charge point is kept in meter_value_keys (charge point, timestamp, id), filled i
 when the rollup watermark advances (about once a second): raw sqlite3 at ~1M rows, 500 charge
 points, 3 values per message: 21-32 -> 12-13 us of CPU per value (benchmarks/sqlite_index.py,
 docs/benchmarks.md). Reads by charge point take the keys up to the watermark plus the values
-above it (store/charge_point_values.py).
+above it (store/value_keys.py).
 
 PostgreSQL is left as it is (no watermark there: several nodes write at once).
 

@@ -1,6 +1,7 @@
-"""Reading one charge point's values (store/charge_point_values.py) against a brute-force
-filter of the table, on SQLite (keys up to the watermark + the values above it) and PostgreSQL;
-SQLite's query plans; and the keys kept in step by the watermark, retention and deletion."""
+"""Reading one charge point's or one session's values (store/value_keys.py) against a
+brute-force filter of the table, on SQLite (keys up to the watermark + the values above it) and
+PostgreSQL; SQLite's query plans; and the keys kept in step by the watermark, retention and
+deletion."""
 
 from __future__ import annotations
 
@@ -14,23 +15,33 @@ from sqlalchemy import ColumnElement, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chargegrid import admin
+from chargegrid.api.routes import sessions as sessions_api
 from chargegrid.metering.retention import purge_raw_batch
 from chargegrid.store import rollups as rollup_store
-from chargegrid.store.charge_point_values import charge_point_values
 from chargegrid.store.database import create_engine, writing
 from chargegrid.store.migrate import upgrade
-from chargegrid.store.tables import charge_points, meter_value_keys, meter_values, rollup_watermark
+from chargegrid.store.tables import (
+    charge_points,
+    meter_value_keys,
+    meter_value_transaction_keys,
+    meter_values,
+    rollup_watermark,
+    transactions,
+)
+from chargegrid.store.value_keys import charge_point_values, transaction_values
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 MEASURANDS = ["Energy.Active.Import.Register", "Power.Active.Import", "Current.Import"]
 
 
-def _value(cp: int, minute: int, measurand: str, value: float) -> dict[str, Any]:
+def _value(
+    cp: int, minute: int, measurand: str, value: float, transaction_id: int | None = None
+) -> dict[str, Any]:
     at = BASE + timedelta(minutes=minute)
     return {
         "charge_point_id": cp,
         "connector_id": 1,
-        "transaction_id": None,
+        "transaction_id": transaction_id,
         "timestamp": at,
         "timestamp_raw": at.isoformat(),
         "measurand": measurand,
@@ -45,9 +56,18 @@ def _value(cp: int, minute: int, measurand: str, value: float) -> dict[str, Any]
     }
 
 
+def _session(n: int, minute: int) -> int | None:
+    """The transaction id of charge point ``n``'s values at ``minute``: sessions of 15 minutes
+    with 5 between them; the third charge point's first session reports the first one's id
+    (a charger may send a transaction id it was never given)."""
+    if minute % 20 >= 15:
+        return None
+    return 1000 * (0 if n == 2 and minute < 20 else n) + minute // 20
+
+
 async def _engine_with_values(url: str, count: int) -> tuple[AsyncEngine, list[int]]:
-    """Three charge points' values in random order; the watermark advanced over the first
-    two thirds (keyed on SQLite), the rest above it."""
+    """Three charge points' values in random order, most in a session; the watermark
+    advanced over the first two thirds (keyed on SQLite), the rest above it."""
     engine = create_engine(url)
     await upgrade(engine)
     rng = random.Random(7)
@@ -57,8 +77,8 @@ async def _engine_with_values(url: str, count: int) -> tuple[AsyncEngine, list[i
             for n in range(3)
         ]
         rows = [
-            _value(cp, minute, measurand, float(rng.randrange(1000)))
-            for cp in ids
+            _value(cp, minute, measurand, float(rng.randrange(1000)), _session(n, minute))
+            for n, cp in enumerate(ids)
             for minute in range(count)
             for measurand in MEASURANDS
         ]
@@ -119,6 +139,91 @@ async def test_reads_equal_a_filter_of_the_table(database_url: str) -> None:
                                 newest_first,
                             )
                             assert got == expected[:limit], (options, newest_first, limit)
+            sessions = sorted({r.transaction_id for r in every if r.transaction_id is not None})
+            assert 0 in sessions and len(sessions) > 6
+            cases.append(
+                ({"where": [mv.charge_point_id == ids[2]]}, lambda r: r.charge_point_id == ids[2])
+            )
+            for session in [*sessions, 99_999]:  # and one no value carries
+                for options, keep in cases:
+                    for newest_first in (False, True):
+                        for limit in (None, 1, 7):
+                            query = transaction_values(
+                                dialect,
+                                session,
+                                newest_first=newest_first,
+                                limit=limit,
+                                **options,
+                            )
+                            got = [r.id for r in await connection.execute(query)]
+                            expected = _expected(
+                                every,
+                                lambda r, s=session, keep=keep: r.transaction_id == s and keep(r),
+                                newest_first,
+                            )
+                            assert got == expected[:limit], (session, options, newest_first)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+async def test_each_sessions_newest_reading_in_one_correlated_query(database_url: str) -> None:
+    """What the session lists show as energy so far: per session, the newest register reading
+    (the largest of those sharing its timestamp), one read per row of an enclosing query."""
+    engine, ids = await _engine_with_values(database_url, 50)
+    mv = meter_values.c
+    try:
+        async with writing(engine).begin() as connection:
+            every = (await connection.execute(select(meter_values))).all()
+            sessions = sorted({r.transaction_id for r in every if r.transaction_id is not None})
+            await connection.execute(
+                insert(transactions),
+                [
+                    {
+                        "id": session,
+                        "charge_point_id": ids[session // 1000],
+                        "connector_id": 1,
+                        "id_tag": "TAG",
+                        "id_tag_status": "Accepted",
+                        "meter_start": 0,
+                        "started_at": BASE + timedelta(seconds=session),
+                        "started_at_raw": BASE.isoformat(),
+                        "created_at": BASE,
+                        "updated_at": BASE,
+                    }
+                    for session in sessions
+                ],
+            )
+            energy_so_far = await sessions_api.energy_so_far(
+                connection, [(session, 0) for session in sessions]
+            )
+            newest = transaction_values(
+                connection.dialect.name,
+                transactions.c.id,
+                [mv.timestamp, mv.value],
+                where=[mv.measurand == MEASURANDS[0]],
+                newest_first=True,
+                then_by="value",
+                limit=1,
+                correlate=transactions,
+            ).subquery()
+            got = dict(
+                (
+                    await connection.execute(
+                        select(transactions.c.id, select(newest.c.value).scalar_subquery())
+                    )
+                ).all()
+            )
+        expected = {}
+        for session in sessions:
+            readings = [
+                (r.timestamp, r.value)
+                for r in every
+                if r.transaction_id == session and r.measurand == MEASURANDS[0]
+            ]
+            expected[session] = max(readings)[1]
+        assert got == expected
+        assert energy_so_far == {s: value / 1000.0 for s, value in expected.items()}
     finally:
         await engine.dispose()
 
@@ -142,25 +247,29 @@ async def test_sqlite_reads_by_keys_and_rowid_never_by_scanning_the_time_index(
     ]
     try:
         async with engine.connect() as connection:
-            for query in (
-                charge_point_values("sqlite", ids[0], limit=100),
-                charge_point_values("sqlite", ids[0], newest_first=True, limit=1),
-                charge_point_values(
-                    "sqlite",
-                    ids[0],
-                    [mv.timestamp, mv.value],
-                    time=before,
-                    where=[mv.measurand == MEASURANDS[0]],
-                    newest_first=True,
-                    then_by="value",
-                    limit=1,
-                ),
+            for read, key, keys in (
+                (charge_point_values, ids[0], "meter_value_keys (charge_point_id=?"),
+                (transaction_values, 1000, "meter_value_transaction_keys (transaction_id=?"),
             ):
-                plan = await _plan(connection, query)
-                assert "MERGE (UNION ALL)" in plan
-                assert "SEARCH meter_value_keys USING PRIMARY KEY (charge_point_id=?" in plan
-                assert "USING INTEGER PRIMARY KEY (rowid>?)" in plan
-                assert "uq_meter_values_sample" not in plan
+                for query in (
+                    read("sqlite", key, limit=100),
+                    read("sqlite", key, newest_first=True, limit=1),
+                    read(
+                        "sqlite",
+                        key,
+                        [mv.timestamp, mv.value],
+                        time=before,
+                        where=[mv.measurand == MEASURANDS[0]],
+                        newest_first=True,
+                        then_by="value",
+                        limit=1,
+                    ),
+                ):
+                    plan = await _plan(connection, query)
+                    assert "MERGE (UNION ALL)" in plan
+                    assert f"SEARCH {keys.replace(' (', ' USING PRIMARY KEY (')}" in plan
+                    assert "USING INTEGER PRIMARY KEY (rowid>?)" in plan
+                    assert "uq_meter_values_sample" not in plan
     finally:
         await engine.dispose()
 
@@ -175,17 +284,22 @@ async def test_a_key_left_behind_by_a_deleted_value_is_ignored(database_url: str
             await connection.execute(delete(meter_values))  # the keys stay
             await connection.execute(update(rollup_watermark).values(raw_id=0))
             # Reused ids: one charge point's values again, other timestamps, none keyed.
-            rows = [_value(ids[1], 100 + m, MEASURANDS[1], float(m)) for m in range(20)]
+            # The same session id as the deleted values of that charge point had.
+            rows = [_value(ids[1], 100 + m, MEASURANDS[1], float(m), 1000) for m in range(20)]
             await connection.execute(insert(meter_values), rows)
+        stored = [(r["timestamp"], r["value"]) for r in rows]
         async with engine.connect() as connection:
             got = list(await connection.execute(charge_point_values("sqlite", ids[1])))
-            assert [(r.timestamp, r.value) for r in got] == [
-                (r["timestamp"], r["value"]) for r in rows
-            ]
+            assert [(r.timestamp, r.value) for r in got] == stored
+            session = list(await connection.execute(transaction_values("sqlite", 1000)))
+            assert [(r.timestamp, r.value) for r in session] == stored
             assert list(await connection.execute(charge_point_values("sqlite", ids[0]))) == []
+            assert list(await connection.execute(transaction_values("sqlite", 0))) == []
         async with writing(engine).begin() as connection:  # now keyed: the same once more
             await rollup_store.advance_watermark(connection)
             again = list(await connection.execute(charge_point_values("sqlite", ids[1])))
+            assert [r.id for r in again] == [r.id for r in got]
+            again = list(await connection.execute(transaction_values("sqlite", 1000)))
             assert [r.id for r in again] == [r.id for r in got]
     finally:
         await engine.dispose()
@@ -195,6 +309,7 @@ async def test_a_key_left_behind_by_a_deleted_value_is_ignored(database_url: str
 async def test_retention_and_charge_point_deletion_take_the_keys_along(database_url: str) -> None:
     engine, ids = await _engine_with_values(database_url, 30)
     keys = meter_value_keys.c
+    session_keys = meter_value_transaction_keys.c
     try:
         async with writing(engine).begin() as connection:
             await rollup_store.advance_watermark(connection)  # every value keyed
@@ -208,12 +323,22 @@ async def test_retention_and_charge_point_deletion_take_the_keys_along(database_
             remaining = (await connection.execute(select(keys.id).order_by(keys.id))).scalars()
             stored = (await connection.execute(select(meter_values.c.id).order_by("id"))).scalars()
             assert list(remaining) == list(stored)
+            remaining = (
+                await connection.execute(select(session_keys.id).order_by(session_keys.id))
+            ).scalars()
+            in_sessions = await connection.execute(
+                select(meter_values.c.id)
+                .where(meter_values.c.transaction_id.is_not(None))
+                .order_by("id")
+            )
+            assert list(remaining) == list(in_sessions.scalars())
 
             await connection.execute(delete(charge_points).where(charge_points.c.id == ids[0]))
-            orphans = await connection.scalar(
-                select(keys.id).where(keys.charge_point_id == ids[0]).limit(1)
-            )
-            assert orphans is None
+            for table in (keys, session_keys):
+                orphans = await connection.scalar(
+                    select(table.id).where(table.charge_point_id == ids[0]).limit(1)
+                )
+                assert orphans is None
     finally:
         await engine.dispose()
 

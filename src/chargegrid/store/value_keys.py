@@ -1,0 +1,262 @@
+"""Meter values of one charge point or one session, read the way each database indexes them.
+
+PostgreSQL: the unique sample index leads with (charge point, timestamp), and
+``ix_meter_values_transaction`` with (transaction, timestamp): one range scan either way.
+
+SQLite (migrations 0008 and 0009): the sample index leads with the timestamp, so that a commit
+appends to one tail of it, and there is no transaction index; instead ``meter_value_keys``
+(charge point, timestamp, id) and ``meter_value_transaction_keys`` (transaction, timestamp, id)
+say which values are whose, for every value up to the rollup watermark. Both are filled in bulk
+when the watermark advances (:func:`chargegrid.store.rollups.advance_watermark`, about once a
+second), so each charge point's and each session's page is written once a second rather than at
+every commit. A read is then two arms merged in (timestamp, id) order:
+
+- the keys of the charge point (session) in the time range, each joined to its row by id (both
+  in index order, so ``LIMIT`` stops early);
+- the values above the watermark (a second's worth, read by rowid range), filtered.
+
+The second arm's timestamp is written ``+meter_values.timestamp``: SQLite's unary plus leaves the
+value as it is but keeps the planner from walking the time-led sample index to produce that
+arm's order or range, which would scan every charge point's values (https://sqlite.org/
+optoverview.html, "Disqualifying WHERE clause terms using unary-+"). Tests check the plans
+(tests/store/test_value_keys.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    FromClause,
+    Select,
+    Table,
+    and_,
+    func,
+    literal_column,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from chargegrid.store.tables import (
+    meter_value_keys,
+    meter_value_transaction_keys,
+    meter_values,
+    rollup_watermark,
+)
+from chargegrid.store.types import UTCDateTime
+
+TimeFilter = Callable[[ColumnElement[Any]], list[ColumnElement[bool]]]
+
+
+def _no_time(_timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+    return []
+
+
+def between(since: datetime | None, until: datetime | None) -> TimeFilter:
+    """The time range ``[since, until)`` (either end open when None) as a :data:`TimeFilter`."""
+
+    def time(timestamp: ColumnElement[Any]) -> list[ColumnElement[bool]]:
+        bounds: list[ColumnElement[bool]] = []
+        if since is not None:
+            bounds.append(timestamp >= since)
+        if until is not None:
+            bounds.append(timestamp < until)
+        return bounds
+
+    return time
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """A way in: the ``meter_values`` column a read selects on, and SQLite's key table for it."""
+
+    column: str
+    table: Table
+
+
+_CHARGE_POINT = _Keys("charge_point_id", meter_value_keys)
+_TRANSACTION = _Keys("transaction_id", meter_value_transaction_keys)
+
+
+def charge_point_values(
+    dialect: str,
+    charge_point_id: Any,
+    columns: Sequence[ColumnElement[Any]] | None = None,
+    *,
+    time: TimeFilter = _no_time,
+    where: Sequence[ColumnElement[bool]] = (),
+    newest_first: bool = False,
+    then_by: str | None = "id",
+    limit: int | None = None,
+) -> Select[Any] | CompoundSelect[Any]:
+    """``SELECT columns`` (default: every column of ``meter_values``) of the values of
+    ``charge_point_id`` (an id, a scalar subquery or an outer query's column) matching
+    ``where`` (clauses on ``meter_values`` columns) and ``time(timestamp)`` (clauses on the
+    timestamp column given), ordered by timestamp, then by ``then_by`` (``"id"`` or
+    ``"value"``, which must be among the columns; None: by timestamp alone, which SQLite's keys
+    give without sorting, so that ``LIMIT`` stops at once), oldest first unless
+    ``newest_first``.
+
+    Rows are labelled by column name. Pass the time range through ``time``, never in ``where``:
+    on SQLite each arm applies it to the column that its index can use (or must not use).
+    """
+    return _values(
+        _CHARGE_POINT,
+        dialect,
+        charge_point_id,
+        columns,
+        time=time,
+        where=where,
+        newest_first=newest_first,
+        then_by=then_by,
+        limit=limit,
+    )
+
+
+def transaction_values(
+    dialect: str,
+    transaction_id: Any,
+    columns: Sequence[ColumnElement[Any]] | None = None,
+    *,
+    time: TimeFilter = _no_time,
+    where: Sequence[ColumnElement[bool]] = (),
+    newest_first: bool = False,
+    then_by: str | None = "id",
+    limit: int | None = None,
+    correlate: FromClause | None = None,
+) -> Select[Any] | CompoundSelect[Any]:
+    """As :func:`charge_point_values`, for the values that carry ``transaction_id`` (a
+    session's). Values may carry a transaction id the server never issued (no foreign key);
+    they are found all the same. ``transaction_id`` may be a column of ``correlate``, a table
+    of an enclosing query (one read per row of it, e.g. each session's latest reading)."""
+    return _values(
+        _TRANSACTION,
+        dialect,
+        transaction_id,
+        columns,
+        time=time,
+        where=where,
+        newest_first=newest_first,
+        then_by=then_by,
+        limit=limit,
+        correlate=correlate,
+    )
+
+
+def _values(
+    way: _Keys,
+    dialect: str,
+    key: Any,
+    columns: Sequence[ColumnElement[Any]] | None,
+    *,
+    time: TimeFilter,
+    where: Sequence[ColumnElement[bool]],
+    newest_first: bool,
+    then_by: str | None,
+    limit: int | None,
+    correlate: FromClause | None = None,
+) -> Select[Any] | CompoundSelect[Any]:
+    mv = meter_values.c
+
+    def within(query: Select[Any]) -> Select[Any]:
+        # correlate() without arguments would turn auto-correlation off: only when asked.
+        return query.correlate(correlate) if correlate is not None else query
+
+    chosen = list(columns) if columns is not None else list(meter_values.columns)
+    names = [column.name for column in chosen]
+    for needed in ("timestamp", then_by or "timestamp"):
+        if needed not in names:
+            raise ValueError(f"meter value reads: {needed!r} must be among the columns")
+    if dialect != "sqlite":
+        query = select(*chosen).where(mv[way.column] == key, *time(mv.timestamp))
+        query = within(query.where(*where))
+        order = [mv.timestamp]
+        if then_by is not None:
+            order.append(mv.id if then_by == "id" else mv.value)
+        query = query.order_by(*(o.desc() for o in order) if newest_first else order)
+        return query.limit(limit) if limit is not None else query
+
+    keys: Any = way.table.c
+    watermark = func.coalesce(select(rollup_watermark.c.raw_id).scalar_subquery(), 0)
+    keyed_columns = [
+        keys.timestamp.label("timestamp")
+        if name == "timestamp"
+        else keys.id.label("id")
+        if name == "id"
+        else column.label(name)
+        for name, column in zip(names, chosen, strict=True)
+    ]
+    keyed = within(
+        select(*keyed_columns)
+        .select_from(
+            way.table.join(
+                meter_values,
+                # The id finds the row; the rest only rules out a key left behind by a value
+                # deleted without it whose id was then reused (checked on the row at hand).
+                and_(
+                    mv.id == keys.id,
+                    mv[way.column] == keys[way.column],
+                    mv.timestamp == keys.timestamp,
+                ),
+            )
+        )
+        # Keys are only written up to the watermark; one above it would be a stale one again
+        # (the fresh arm reads those values).
+        .where(
+            keys[way.column] == key,
+            *time(keys.timestamp),
+            keys.id <= watermark,
+            *where,
+        )
+    )
+    by: list[ColumnElement[Any]] = [literal_column("timestamp")]
+    if then_by is not None:
+        by.append(literal_column(then_by))
+    if newest_first:
+        by = [o.desc() for o in by]
+    unindexed = literal_column("+meter_values.timestamp", UTCDateTime())
+    fresh_columns = [
+        unindexed.label("timestamp") if name == "timestamp" else column.label(name)
+        for name, column in zip(names, chosen, strict=True)
+    ]
+    fresh = within(
+        select(*fresh_columns).where(
+            mv.id > watermark, mv[way.column] == key, *time(unindexed), *where
+        )
+    )
+    both = union_all(keyed, fresh)
+    both = both.order_by(*by)
+    return both.limit(limit) if limit is not None else both
+
+
+async def key_values(connection: AsyncConnection, *, above: int | None, up_to: int | None) -> None:
+    """SQLite: key the values with ids in ``(above, up_to]`` (``above`` None: the watermark;
+    ``up_to`` None: the newest) by charge point and, those with one, by transaction; sorted,
+    so that each charge point's and each session's page of keys is written once. Keys already
+    there are kept (a value below the watermark keyed at once)."""
+    if connection.dialect.name != "sqlite":
+        return
+    low = "coalesce((SELECT raw_id FROM rollup_watermark), 0)" if above is None else str(int(above))
+    high = "" if up_to is None else f" AND id <= {int(up_to)}"
+    await connection.execute(
+        text(
+            "INSERT OR IGNORE INTO meter_value_keys (charge_point_id, timestamp, id) "
+            f"SELECT charge_point_id, timestamp, id FROM meter_values WHERE id > {low}{high} "
+            "ORDER BY 1, 2, 3"
+        )
+    )
+    await connection.execute(
+        text(
+            "INSERT OR IGNORE INTO meter_value_transaction_keys "
+            "(transaction_id, timestamp, id, charge_point_id) "
+            "SELECT transaction_id, timestamp, id, charge_point_id FROM meter_values "
+            f"WHERE id > {low}{high} AND transaction_id IS NOT NULL ORDER BY 1, 2, 3"
+        )
+    )
