@@ -1,7 +1,7 @@
 """Probe one chargegrid server under the closed-loop throughput load, for tuning work.
 
 ``.venv/bin/python benchmarks/probe.py [--runs 4] [--size 500] [--sampled 3] [--rate R]
-[--perf] [--pyspy] [--env NAME=VALUE ...]``
+[--transactions] [--perf] [--pyspy] [--env NAME=VALUE ...]``
 
 Starts ``chargegrid serve`` on a fresh SQLite file pinned to core 0 (the load generator runs
 on core 1), then runs the throughput scenario ``--runs`` times back to back on the same server,
@@ -102,6 +102,7 @@ async def _main(args: argparse.Namespace) -> None:
                 duration=args.duration,
                 server_pid=server.pid,
                 rate=args.rate,
+                in_sessions=args.transactions,
             )
             after = _metrics(target.port)
             delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
@@ -133,6 +134,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rate", type=float, default=None, help="paced total MeterValues/s")
+    parser.add_argument(
+        "--transactions",
+        action="store_true",
+        help="values carry a transaction id per charge point, as a charging fleet's do",
+    )
     parser.add_argument("--perf", action="store_true")
     parser.add_argument("--pyspy", action="store_true")
     parser.add_argument("--profile-delay", type=float, default=5.0, help="connect + warmup")

@@ -212,8 +212,12 @@ async def throughput(
     server_pid: int | None = None,
     local_addresses: Sequence[str] = (),
     rate: float | None = None,
+    in_sessions: bool = False,
 ) -> dict[str, Any]:
     """Closed loop: every charge point keeps exactly one MeterValues outstanding.
+
+    With ``in_sessions``, each charge point's values carry a transaction id of its own, as a
+    charging fleet's do (the server stores them by session too).
 
     With ``rate``, the fleet is paced to that many MeterValues per second in total (each charge
     point sends on its own schedule, still never more than one outstanding): the latency a server
@@ -233,7 +237,9 @@ async def throughput(
         stamps = _Timestamps()
         n = 0
         meter_value = {"timestamp": "", "sampledValue": values}
-        payload = {"connectorId": 1, "meterValue": [meter_value]}
+        payload: dict[str, Any] = {"connectorId": 1, "meterValue": [meter_value]}
+        if in_sessions:
+            payload["transactionId"] = index + 1
         next_at = time.perf_counter() + interval * index / max(len(sockets), 1)
         while state["running"]:
             if interval:
@@ -272,6 +278,7 @@ async def throughput(
         "connected": len(sockets),
         "sampled_values": sampled,
         "paced_rate": rate,
+        "in_sessions": in_sessions,
         "round_trips": state["count"],
         "round_trips_per_s": round(state["count"] / cpu["wall_s"], 1),
         **percentiles(latencies),
