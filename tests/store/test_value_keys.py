@@ -121,47 +121,32 @@ async def test_reads_equal_a_filter_of_the_table(database_url: str) -> None:
                 ),
                 ({"time": lambda ts: [ts < since]}, lambda r: r.timestamp < since),
             ]
-            for cp in ids:
-                for options, keep in cases:
-                    for newest_first in (False, True):
-                        for limit in (None, 1, 7):
-                            query = charge_point_values(
-                                dialect,
-                                cp,
-                                newest_first=newest_first,
-                                limit=limit,
-                                **options,
-                            )
-                            got = [r.id for r in await connection.execute(query)]
-                            expected = _expected(
-                                every,
-                                lambda r, cp=cp, keep=keep: r.charge_point_id == cp and keep(r),
-                                newest_first,
-                            )
-                            assert got == expected[:limit], (options, newest_first, limit)
             sessions = sorted({r.transaction_id for r in every if r.transaction_id is not None})
             assert 0 in sessions and len(sessions) > 6
-            cases.append(
-                ({"where": [mv.charge_point_id == ids[2]]}, lambda r: r.charge_point_id == ids[2])
-            )
-            for session in [*sessions, 99_999]:  # and one no value carries
-                for options, keep in cases:
+            by_session = [
+                *cases,
+                ({"where": [mv.charge_point_id == ids[2]]}, lambda r: r.charge_point_id == ids[2]),
+            ]
+            reads = [(charge_point_values, "charge_point_id", cp, cases) for cp in ids] + [
+                (transaction_values, "transaction_id", session, by_session)
+                for session in [*sessions, 99_999]  # and one no value carries
+            ]
+            for read, column, key, its_cases in reads:
+                for options, keep in its_cases:
                     for newest_first in (False, True):
                         for limit in (None, 1, 7):
-                            query = transaction_values(
-                                dialect,
-                                session,
-                                newest_first=newest_first,
-                                limit=limit,
-                                **options,
+                            query = read(
+                                dialect, key, newest_first=newest_first, limit=limit, **options
                             )
                             got = [r.id for r in await connection.execute(query)]
                             expected = _expected(
                                 every,
-                                lambda r, s=session, keep=keep: r.transaction_id == s and keep(r),
+                                lambda r, c=column, k=key, keep=keep: (
+                                    getattr(r, c) == k and keep(r)
+                                ),
                                 newest_first,
                             )
-                            assert got == expected[:limit], (session, options, newest_first)
+                            assert got == expected[:limit], (column, key, options, newest_first)
     finally:
         await engine.dispose()
 
