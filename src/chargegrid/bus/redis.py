@@ -535,10 +535,10 @@ class RedisBus:
             if not batch:
                 continue
             try:
-                pipe = self._client.pipeline(transaction=False)
-                for _, channel, payload in batch:
-                    pipe.publish(channel, payload)
-                await pipe.execute()
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for _, channel, payload in batch:
+                        pipe.publish(channel, payload)
+                    await pipe.execute()
             except _REDIS_DOWN as error:
                 self.publish_dropped += len(batch)
                 if not failing:

@@ -214,10 +214,10 @@ class LiveStatsMirror:
             chunk = records[start : start + _BATCH]
 
             async def work(client: Redis, chunk: Sequence[Record] = chunk) -> None:
-                pipe = client.pipeline(transaction=False)
-                for key, value, ttl_ms in chunk:
-                    pipe.set(key, value, px=ttl_ms)
-                await pipe.execute()
+                async with client.pipeline(transaction=False) as pipe:
+                    for key, value, ttl_ms in chunk:
+                        pipe.set(key, value, px=ttl_ms)
+                    await pipe.execute()
 
             await self.link.run(work)
 
@@ -247,12 +247,12 @@ class LiveStatsMirror:
             chunk = extend[start : start + _BATCH]
 
             async def work(client: Redis, chunk: list[tuple[str, list[int]]] = chunk) -> list[Any]:
-                pipe = client.pipeline(transaction=False)
-                for identity, sessions in chunk:
-                    pipe.pexpire(self.cp_key(identity), self._ttl_ms)
-                    for session_id in sessions:
-                        pipe.pexpire(self.session_key(session_id), self._ttl_ms)
-                return list(await pipe.execute())
+                async with client.pipeline(transaction=False) as pipe:
+                    for identity, sessions in chunk:
+                        pipe.pexpire(self.cp_key(identity), self._ttl_ms)
+                        for session_id in sessions:
+                            pipe.pexpire(self.session_key(session_id), self._ttl_ms)
+                    return list(await pipe.execute())
 
             results = iter(await self.link.run(work))
             for identity, sessions in chunk:

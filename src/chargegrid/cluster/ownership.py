@@ -132,12 +132,14 @@ class Ownership:
             chunk = identities[start : start + _BATCH]
 
             async def work(client: Redis, chunk: Sequence[str] = chunk) -> list[Any]:
-                pipe = client.pipeline(transaction=False)
-                for identity in chunk:
-                    await self._refresh(
-                        keys=[self.key(identity)], args=[self.node_id, self._ttl_ms], client=pipe
-                    )
-                return list(await pipe.execute())
+                async with client.pipeline(transaction=False) as pipe:
+                    for identity in chunk:
+                        await self._refresh(
+                            keys=[self.key(identity)],
+                            args=[self.node_id, self._ttl_ms],
+                            client=pipe,
+                        )
+                    return list(await pipe.execute())
 
             for identity, value in zip(chunk, await self.link.run(work), strict=True):
                 result[identity] = value if isinstance(value, int) else str(_text(value))
