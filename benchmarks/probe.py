@@ -27,6 +27,8 @@ from pathlib import Path
 
 from chargegrid.simulator import bench, loadgen
 
+_COMMIT_BUCKET = r'chargegrid_group_commit_duration_seconds_bucket\{le="([0-9.e+-]+)"\} (\S+)$'
+
 
 def _metrics(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -35,6 +37,9 @@ def _metrics(port: int) -> dict[str, float]:
         match = re.match(r"(chargegrid_group_commit_\w+?)(_sum|_count)? ([0-9.e+-]+)$", line)
         if match:
             out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+        match = re.match(_COMMIT_BUCKET, line)
+        if match:
+            out[f"commit_le_{match.group(1)}"] = float(match.group(2))
     return out
 
 
@@ -111,6 +116,12 @@ async def _main(args: argparse.Namespace) -> None:
                 1000 * delta.get("chargegrid_group_commit_duration_seconds_sum", 0.0) / batches
             )
             items = delta.get("chargegrid_group_commit_batch_items_sum", 0.0) / batches
+            # The slow commits: every message in such a batch waited at least that long.
+            slow = "  ".join(
+                f"{1000 * float(le):g} ms: {batches - delta[f'commit_le_{le}']:.0f}"
+                for le in ("0.025", "0.05", "0.1", "0.25")
+                if f"commit_le_{le}" in delta
+            )
             rate = result["round_trips_per_s"]
             cpu = 100 * (result.get("server_cpu") or 0.0)
             per_rt = 1e4 * cpu / rate if rate else 0.0
@@ -121,6 +132,7 @@ async def _main(args: argparse.Namespace) -> None:
                 f"  commit {commit_ms:5.1f} ms x {items:5.0f} items"
                 f"  errors {result['errors']}  ({time.perf_counter() - started:.0f} s)"
             )
+            print(f"        commits: {batches:.0f}, slower than {slow}")
         if args.perf or args.pyspy:
             await asyncio.sleep(2)
             print(f"profiles in {workdir}")
