@@ -77,6 +77,7 @@ from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_values import insert_statement
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.queries import Queries
+from chargegrid.store.sqlite_checkpoint import WalCheckpointer
 from chargegrid.store.sqlite_writer import SqliteWriter, database_path
 from chargegrid.web import pages as web_pages
 
@@ -122,6 +123,11 @@ class ChargeGrid:
         if path is not None and self.rollups.deferred:
             self.sqlite_writer = SqliteWriter(path, settings.sqlite_synchronous)
             self.rollups.use_writer(self.sqlite_writer, self.engine)
+        self.checkpointer: WalCheckpointer | None = None
+        if path is not None and settings.sqlite_checkpoint_interval > 0:
+            self.checkpointer = WalCheckpointer(
+                path, settings.sqlite_checkpoint_interval, settings.sqlite_synchronous
+            )
         self.live_stats = LiveStats(
             self.bus,
             self.clock,
@@ -335,6 +341,8 @@ class ChargeGrid:
         if recounted:
             log.warning("counted %d meter values into rollups after an unclean stop", recounted)
         await self.writer.start()
+        if self.checkpointer is not None:
+            await self.checkpointer.start()
         await self.live_stats.start()
         if self.live_stats_mirror is not None:
             await self.live_stats_mirror.start()
@@ -358,6 +366,8 @@ class ChargeGrid:
         await self.writer.stop()
         if self.sqlite_writer is not None:
             await self.sqlite_writer.close()
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
         await self.live_stats.stop()
         await self.stats_publisher.stop()
         await self.live_stats_publisher.stop()

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # (metering/rollups.py, "Deferred merging"); 0 merges them in every batch, as PostgreSQL
     # always does.
     rollup_merge_interval_ms: float = Field(default=1000.0, ge=0, le=60_000)
+    # SQLite: copy the write-ahead log into the database file this often, in a thread of its
+    # own (store/sqlite_checkpoint.py) rather than in whichever commit fills it; 0: only
+    # SQLite's automatic checkpoints.
+    sqlite_checkpoint_interval: float = Field(default=1.0, ge=0, le=3600)
 
     # Charge point admission
     unknown_charge_points: UnknownChargePointPolicy = UnknownChargePointPolicy.REJECT
