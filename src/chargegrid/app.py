@@ -164,7 +164,11 @@ class ChargeGrid:
         self.stats_publisher = StatsPublisher(
             self.engine, self.bus, self.clock, settings.live_stats_interval
         )
-        self.liveness = Liveness(self.writer, settings.liveness_flush_seconds)
+        self.liveness = Liveness(
+            self.writer,
+            settings.liveness_flush_seconds,
+            sqlite=self.engine.dialect.name == "sqlite",
+        )
         self.services = Services(
             settings=settings,
             clock=self.clock,

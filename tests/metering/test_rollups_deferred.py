@@ -8,7 +8,10 @@ commit after its values were counted.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,12 @@ from test_rollups import BASE, ENERGY, POWER, row, stored_vs_recomputed
 
 from chargegrid import admin
 from chargegrid.metering.rollups import RollupMaintainer, rebuild
+from chargegrid.store import charge_points as cp_store
 from chargegrid.store import rollups as rollup_store
 from chargegrid.store.database import create_engine, writing
 from chargegrid.store.group_commit import GroupCommitter, StoreUnavailable
 from chargegrid.store.migrate import upgrade
+from chargegrid.store.sqlite_writer import SqliteWriter, database_path
 from chargegrid.store.tables import charge_points, meter_values
 
 
@@ -160,4 +165,46 @@ async def test_a_failed_commit_is_not_counted(
         assert sorted(minutes) == [0.0, 7.0, 100.0, 200.0, 900.0]  # the failed batch's are not
     finally:
         await writer.stop()
+    await assert_exact(engine)
+
+
+async def test_plain_statements_join_a_batch_of_values_in_the_writer_thread(
+    engine: AsyncEngine,
+) -> None:
+    """A batch of meter values and plain statements (the liveness flush) commits in the writer
+    thread's one trip; a failing caller's statements roll back alone, the rest commit, and
+    what the statements wrote reads back as the ORM would have written it."""
+    a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
+    path = database_path(engine.url.render_as_string(hide_password=False))
+    assert path is not None
+    thread = SqliteWriter(path)
+    writer = GroupCommitter(engine, interval=0.05)
+    sink = RollupMaintainer("sqlite", merge_interval=60.0)
+    sink.use_writer(thread, engine)
+    writer.sinks[sink.insert] = sink
+    await sink.recover(engine)
+    await writer.start()
+    seen_at = BASE + timedelta(seconds=1, microseconds=5)
+    beat_at = BASE + timedelta(seconds=2)
+    try:
+        results = await asyncio.gather(
+            writer.insert(sink.insert, [row(a, 1, m, ENERGY, 10.0 * m) for m in range(3)]),
+            writer.execute(cp_store.touch_statements({a: seen_at}, {b: beat_at})),
+            writer.execute([("UPDATE no_such_table SET x = 1", ())]),
+            return_exceptions=True,
+        )
+        assert results[:2] == [None, None]
+        assert isinstance(results[2], sqlite3.OperationalError)
+        assert (writer.stats.batches, writer.stats.alone) == (1, 1)
+        async with engine.connect() as connection:
+            c = charge_points.c
+            times = {
+                r.id: (r.last_seen_at, r.last_heartbeat_at)
+                for r in await connection.execute(select(c.id, c.last_seen_at, c.last_heartbeat_at))
+            }
+            assert times == {a: (seen_at, None), b: (beat_at, beat_at)}
+            assert await connection.scalar(select(func.count()).select_from(meter_values)) == 3
+    finally:
+        await writer.stop()
+        await thread.close()
     await assert_exact(engine)

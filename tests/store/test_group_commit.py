@@ -23,6 +23,7 @@ from chargegrid.store.database import create_engine
 from chargegrid.store.group_commit import GroupCommitter, StoreUnavailable
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.tables import charge_points, id_tags
+from chargegrid.store.types import sqlite_text
 
 NOW = datetime(2024, 5, 1, 8, 0, tzinfo=UTC)
 TAG_INSERT = insert(id_tags)
@@ -344,3 +345,35 @@ async def test_a_stalled_batch_answers_its_callers_within_the_wait_timeout(
     assert await tags(engine) == ["QUEUED", "STALLED"]
     await writer.insert(TAG_INSERT, [tag_row("LATER")])  # and the writer goes on
     assert "LATER" in await tags(engine)
+
+
+async def test_plain_statements_commit_with_the_batch_and_a_failing_one_fails_alone(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """``execute``: plain SQL in the next batch, each caller's statements in a savepoint of
+    their own (here the usual way: the batch has no sink to take it in one trip)."""
+    writer: GroupCommitter = await writer_factory(interval=0.05)
+    sql = (
+        "INSERT INTO id_tags (id_tag, status, created_at, updated_at) VALUES (?, 'Accepted', ?, ?)"
+    )
+    at = sqlite_text(NOW)
+    results = await asyncio.gather(
+        writer.execute([(sql, ("S1", at, at)), (sql, ("S2", at, at))]),
+        # The second statement is a duplicate: the first one of the same caller goes too.
+        writer.execute([(sql, ("S3", at, at)), (sql, ("S1", at, at))]),
+        writer.insert(TAG_INSERT, [tag_row("ROW")]),
+        writer.execute([]),  # nothing to do: at once
+        return_exceptions=True,
+    )
+    assert results[0] is None
+    assert isinstance(results[1], Exception)
+    assert not isinstance(results[1], StoreUnavailable)
+    assert results[2:] == [None, None]
+    assert writer.stats.batches == 1
+    assert writer.stats.units == 2
+    assert await tags(engine) == ["ROW", "S1", "S2"]
+    async with engine.connect() as connection:  # stored as the ORM would have
+        created = await connection.scalar(
+            select(id_tags.c.created_at).where(id_tags.c.id_tag == "S2")
+        )
+    assert created == NOW

@@ -1,8 +1,8 @@
 """The shipped migrations build exactly the schema ``store/tables.py`` declares, on SQLite and
 PostgreSQL (less what differs by database on purpose, checked here item by item), and
-migrations 0006-0009 (the sample index re-ordered three times, one index dropped, SQLite's
-meter_value_keys and meter_value_transaction_keys instead of the transaction index) go down and
-up again with data in place. Nothing else checks that the two
+migrations 0006-0010 (the sample index re-ordered three times, one index dropped, SQLite's
+meter_value_keys and meter_value_transaction_keys instead of the transaction index, their own
+watermark) go down and up again with data in place. Nothing else checks that the two
 descriptions of the schema agree."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ async def test_migrations_build_the_declared_schema(database_url: str) -> None:
         await engine.dispose()
 
 
-async def test_0006_to_0009_go_down_and_up_with_values_in_place(database_url: str) -> None:
+async def test_0006_to_0010_go_down_and_up_with_values_in_place(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         await upgrade(engine)
@@ -163,13 +163,21 @@ async def test_0006_to_0009_go_down_and_up_with_values_in_place(database_url: st
                 ],
             )
 
-            # The first two values are counted in the rollups, the third is not yet.
-            await connection.execute(update(rollup_watermark).values(raw_id=2))
+            # The first two values are counted in the rollups, the third is not yet; the key
+            # fill has done the first (none is keyed here: only the second is, by 0010's way
+            # down, then the first two by 0008's way up).
+            await connection.execute(update(rollup_watermark).values(raw_id=2, keyed_id=1))
         dialect = engine.dialect.name
 
         def down_and_up(connection: Connection) -> None:
             config = alembic_config()
             config.attributes["connection"] = connection
+            command.downgrade(config, "0009")
+            columns = {c["name"] for c in inspect(connection).get_columns("rollup_watermark")}
+            assert "keyed_id" not in columns
+            if dialect == "sqlite":  # 0009 reads keys up to the rollup watermark
+                keyed = connection.exec_driver_sql("SELECT id FROM meter_value_keys").scalars()
+                assert keyed.all() == [2]
             command.downgrade(config, "0008")
             parts = _dialect_only_parts(connection)
             if dialect == "sqlite":
@@ -208,6 +216,11 @@ async def test_0006_to_0009_go_down_and_up_with_values_in_place(database_url: st
                 ),
             )
             assert session_keys == [1]  # value 2 has no transaction, value 3 is above
+        keyed_id = await _sync(
+            engine,
+            lambda c: c.exec_driver_sql("SELECT keyed_id FROM rollup_watermark").scalar_one(),
+        )
+        assert keyed_id == 2  # 0010 starts the key watermark at the rollup watermark
         count = await _sync(
             engine, lambda c: c.exec_driver_sql("SELECT count(*) FROM meter_values").scalar_one()
         )

@@ -6,6 +6,7 @@ deletion."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,8 +19,10 @@ from chargegrid import admin
 from chargegrid.api.routes import sessions as sessions_api
 from chargegrid.metering.retention import purge_raw_batch
 from chargegrid.store import rollups as rollup_store
+from chargegrid.store import value_keys
 from chargegrid.store.database import create_engine, writing
 from chargegrid.store.migrate import upgrade
+from chargegrid.store.sqlite_writer import database_path
 from chargegrid.store.tables import (
     charge_points,
     meter_value_keys,
@@ -267,7 +270,7 @@ async def test_a_key_left_behind_by_a_deleted_value_is_ignored(database_url: str
     try:
         async with writing(engine).begin() as connection:
             await connection.execute(delete(meter_values))  # the keys stay
-            await connection.execute(update(rollup_watermark).values(raw_id=0))
+            await connection.execute(update(rollup_watermark).values(raw_id=0, keyed_id=0))
             # Reused ids: one charge point's values again, other timestamps, none keyed.
             # The same session id as the deleted values of that charge point had.
             rows = [_value(ids[1], 100 + m, MEASURANDS[1], float(m), 1000) for m in range(20)]
@@ -361,3 +364,78 @@ async def test_the_written_out_register_window_equals_the_general_one(database_u
             assert checked
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_the_fill_keys_a_slice_per_call_and_moves_the_watermark_last(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fill_step on the writer thread's kind of connection (plain sqlite3): a round takes the
+    values stored when it starts, keys one slice of charge points (id modulo slices) per call
+    at its due time, spread over the interval, and moves the key watermark with the last."""
+    monkeypatch.setattr(value_keys, "SLICE_VALUES", 25)
+    engine, ids = await _engine_with_values(database_url, 30)  # 270 values, 1/3 above
+    await engine.dispose()
+    path = database_path(database_url)
+    assert path is not None
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+
+        def execute(sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            return connection.execute(sql, parameters).fetchall()
+
+        def keyed_id() -> int:
+            return int(execute("SELECT keyed_id FROM rollup_watermark", ())[0][0])
+
+        def keyed_charge_points(low: int, high: int) -> set[int]:
+            rows = execute(
+                "SELECT DISTINCT charge_point_id FROM meter_value_keys WHERE id > ? AND id <= ?",
+                (low, high),
+            )
+            return {row[0] for row in rows}
+
+        start = keyed_id()
+        newest = int(execute("SELECT max(id) FROM meter_values", ())[0][0])
+        assert newest - start == 90
+        connection.execute("BEGIN IMMEDIATE")
+        state = value_keys.fill_step(execute, value_keys.KeyFill(start), 100.0, 1.0)
+        connection.execute("COMMIT")
+        assert (state.target, state.slices, state.done) == (newest, 4, 1)  # 90 / 25 -> 4
+        assert keyed_id() == start  # not until the last slice
+        assert keyed_charge_points(start, newest) == {cp for cp in ids if cp % 4 == 0}
+        assert state.covered == newest
+        # Values stored meanwhile wait for the next round.
+        connection.execute(
+            "INSERT INTO meter_values (charge_point_id, connector_id, timestamp, timestamp_raw, "
+            "measurand, location, context, unit, raw_unit, value, raw_value, format) "
+            f"SELECT charge_point_id, connector_id, '2027-01-01 00:00:00.000000', timestamp_raw, "
+            "measurand, location, context, unit, raw_unit, value, raw_value, format "
+            f"FROM meter_values WHERE id = {newest}"
+        )
+        for done in (1, 2, 3):
+            due = 100.0 + done / 4
+            assert value_keys.fill_step(execute, state, due - 0.001, 1.0) is state  # not yet
+            state = value_keys.fill_step(execute, state, due, 1.0)
+            assert state.done == (done + 1) % 4
+        assert state == value_keys.KeyFill(newest, started=100.0)
+        assert keyed_id() == newest
+        assert keyed_charge_points(start, newest) == set(ids)
+        assert keyed_charge_points(newest, newest + 1) == set()
+        missing = execute(
+            "SELECT count(*) FROM meter_values AS mv WHERE mv.id <= ? AND NOT EXISTS "
+            "(SELECT 1 FROM meter_value_keys AS k WHERE k.id = mv.id "
+            "AND k.charge_point_id = mv.charge_point_id AND k.timestamp = mv.timestamp)",
+            (newest,),
+        )
+        assert missing == [(0,)]
+        # The next round starts an interval after this one started; with nothing new a round
+        # is not started at all.
+        assert value_keys.fill_step(execute, state, 100.99, 1.0) is state
+        state = value_keys.fill_step(execute, state, 101.0, 1.0)
+        assert state == value_keys.KeyFill(newest + 1, started=101.0)  # one slice: done
+        assert keyed_id() == newest + 1
+        assert value_keys.fill_step(execute, state, 102.5, 1.0) == value_keys.KeyFill(
+            newest + 1, started=102.5
+        )
+    finally:
+        connection.close()

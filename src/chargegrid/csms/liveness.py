@@ -18,9 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class Liveness:
-    def __init__(self, writer: GroupCommitter, interval: float) -> None:
+    def __init__(self, writer: GroupCommitter, interval: float, *, sqlite: bool = False) -> None:
         self._writer = writer
         self._interval = interval
+        # SQLite: plain statements, which can join a batch of meter values in the writer
+        # thread instead of sending it the slow way (store/group_commit.py, execute()).
+        self._sqlite = sqlite
         self._seen: dict[int, datetime] = {}
         self._heartbeats: dict[int, datetime] = {}
         self._task: asyncio.Task[None] | None = None
@@ -49,7 +52,10 @@ class Liveness:
         seen, self._seen = self._seen, {}
         heartbeats, self._heartbeats = self._heartbeats, {}
         try:
-            await self._writer.run(lambda c: charge_points.touch(c, seen, heartbeats))
+            if self._sqlite:
+                await self._writer.execute(charge_points.touch_statements(seen, heartbeats))
+            else:
+                await self._writer.run(lambda c: charge_points.touch(c, seen, heartbeats))
         except StoreUnavailable:
             # Keep the times for the next flush unless newer ones arrived meanwhile.
             for key, value in seen.items():

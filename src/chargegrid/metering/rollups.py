@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from chargegrid.store.database import writing
 from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_batch import (
     ROLLUP_COLUMNS,
+    Inserted,
     MeterBatch,
     RollupValues,
     SqliteMeterBatch,
@@ -46,7 +48,7 @@ from chargegrid.store.meter_batch import (
 from chargegrid.store.rollups import DAY, HOUR, Reading, SeriesKey
 from chargegrid.store.sqlite_writer import Abandon, SqliteWriter
 from chargegrid.store.tables import meter_rollups
-from chargegrid.store.value_keys import key_values
+from chargegrid.store.value_keys import KeyFill, fill_step, fill_step_on, key_values
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +313,10 @@ class RollupMaintainer:
         # The committed watermark (None: not read yet) and the one the open batch sets.
         self._watermark: int | None = None
         self._next_watermark: int | None = None
+        # SQLite's keys (store/value_keys.py): the committed state of their fill (None: not
+        # read yet) and the one the open batch leaves, adopted when it commits.
+        self._keys: KeyFill | None = None
+        self._next_keys: KeyFill | None = None
         # The latest register reading of each series as of the open transaction (None: the
         # series has none), by charge point. Only a cache: what is missing is read back.
         self._latest: dict[int, dict[SeriesKey, Reading | None]] = {}
@@ -346,10 +352,14 @@ class RollupMaintainer:
                 self._counted += len(inserted)
             else:
                 await self.merge(connection, inserted)
-                # ... and keyed now: keys up to the watermark are complete (migration 0008).
-                await key_values(connection, above=result.first_id - 1, up_to=self._watermark)
         else:
             await self.merge(connection, inserted)
+        if self._sqlite:
+            # ... and keyed now if the keys are (or the running fill round will be) complete
+            # past it (store/value_keys.py).
+            keys = await self._key_fill(connection)
+            if result.first_id <= keys.covered:
+                await key_values(connection, above=result.first_id - 1, up_to=keys.covered)
         if self.observers:
             self._pending.extend(inserted)
 
@@ -360,9 +370,17 @@ class RollupMaintainer:
         if not self.deferred:
             if self._sqlite and inserted:
                 # Merged already; keep the watermark true for a later start with merging
-                # deferred, and for rebuilds.
-                await rollup_store.advance_watermark(connection)
+                # deferred, and for rebuilds. Every value is keyed with it.
+                watermark = await rollup_store.advance_watermark(connection)
+                self._next_keys = KeyFill(watermark)
             return
+        if self._sliced:
+            # Batches that take this way (units, merges) run the fill's slices too: a load of
+            # mostly units must not leave the keys ever further behind.
+            keys = await self._key_fill(connection)
+            self._next_keys = await fill_step_on(
+                connection, keys, time.monotonic(), self._merge_interval
+            )
         if not self._merge_due(final):
             return
         if self._recount:
@@ -382,8 +400,26 @@ class RollupMaintainer:
         if values:
             await self._batch.merge(connection, values)
             self.stats.rollup_rows += len(values)
-        self._next_watermark = await rollup_store.advance_watermark(connection)
+        self._next_watermark = await rollup_store.advance_watermark(
+            connection, keys=not self._sliced
+        )
+        if not self._sliced:
+            self._next_keys = KeyFill(self._next_watermark)
         self._merging = True
+
+    @property
+    def _sliced(self) -> bool:
+        """The keys are filled a slice per commit (store/value_keys.fill_step), not all at
+        once when the watermark advances: with merging deferred and the writer thread's
+        connection, whose page cache keeps the keys' pages between commits."""
+        return self.deferred and self._writer is not None
+
+    async def _key_fill(self, connection: AsyncConnection) -> KeyFill:
+        """The open batch's state of the key fill, read from the database the first time."""
+        keys = self._next_keys or self._keys
+        if keys is None:
+            keys = self._keys = KeyFill(await rollup_store.key_watermark(connection))
+        return keys
 
     def _merge_due(self, final: bool) -> bool:
         """An interval has passed, a reader asked, the writer stops, memory is getting full,
@@ -403,28 +439,75 @@ class RollupMaintainer:
         self._writer = writer
         self._engine = engine
 
-    async def write_alone(self, rows: list[dict[str, Any]]) -> bool:
-        """RowSink: insert ``rows`` and commit, counting them after the commit.
+    async def write_alone(
+        self, rows: list[dict[str, Any]], then: Callable[[sqlite3.Connection], None] | None
+    ) -> bool:
+        """RowSink: insert ``rows``, run ``then`` and commit, counting the rows after the
+        commit; in the same transaction the deferred merge if it is due, or else the key
+        fill's slice.
 
         Counting after the commit is the same as counting inside it: with merging deferred the
         counts are only memory until the next merge (a crash recounts from the watermark), and
         this writer is the only one of meter values, so the committed state a read-back sees
-        is the one the transaction had.
+        is the one the transaction had. A merge here merges what was counted before this
+        batch and moves the watermark to just below the batch's first id.
+
+        Everything runs in the writer thread on its connection: one trip, and the pages of
+        the rollups and keys stay in that connection's cache between commits (another
+        connection's write empties it: a merge through SQLAlchemy's pool read them back and
+        took 20-30 ms longer, docs/benchmarks.md).
         """
         writer = self._writer
         watermark = self._watermark
+        keys = self._keys
         if (
             writer is None
             or not self.deferred
             or watermark is None  # read by the first batch, on the usual way
-            or self._merge_due(False)
+            or keys is None  # the same
+            or self._recount  # the merge counts from the database: the usual way
         ):
             return False
         batch = self._sqlite_batch
+        now = time.monotonic()
+        interval = self._merge_interval
+        above = max(watermark, keys.covered)
+        merging = self._merge_due(False)
+        values = list(self._uncounted.values()) if merging else []
+
+        def work(connection: sqlite3.Connection) -> tuple[Inserted, int | None, int, KeyFill]:
+            counted_up_to = rollup_store.newest_id_sync(connection) if merging else None
+            result = batch.insert_sync(connection, rows, above=above)
+            merged = 0
+            if counted_up_to is not None:
+                # A charge point removed since must not fail the merge (see finish()).
+                ids = {value[0] for value in values}
+                existing = rollup_store.existing_charge_points_sync(connection, ids)
+                kept = [v for v in values if v[0] in existing] if existing != ids else values
+                batch.merge_sync(connection, kept)
+                merged = len(kept)
+                rollup_store.set_watermark_sync(connection, counted_up_to)
+            if then is not None:
+                then(connection)
+
+            def execute(sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+                return connection.execute(sql, parameters).fetchall()
+
+            # Not both in one commit: each is a pause of its own (docs/benchmarks.md).
+            filled = keys if merging else fill_step(execute, keys, now, interval)
+            return result, counted_up_to, merged, filled
+
         try:
-            result = await writer.transaction(lambda c: batch.insert_sync(c, rows, above=watermark))
+            result, counted_up_to, merged, self._keys = await writer.transaction(work)
         except Abandon:
-            return False  # an id below the watermark: merged at once, on the usual way
+            # An id not above the watermarks: merged and keyed at once, on the usual way.
+            return False
+        if counted_up_to is not None:
+            self._watermark = counted_up_to
+            self._uncounted = Rollups()
+            self._merged_at = time.monotonic()
+            self._merge_wanted = False  # a reader's wish: everything acknowledged is merged
+            self.stats.rollup_rows += merged
         inserted = result.rows
         self.stats.rows += len(inserted)
         self.stats.duplicates += len(rows) - len(inserted)
@@ -470,6 +553,8 @@ class RollupMaintainer:
         self._clear()  # safe: the cache refills from the database
 
     def committed(self) -> None:
+        if self._next_keys is not None:
+            self._keys, self._next_keys = self._next_keys, None
         if self._merging:
             self._watermark = self._next_watermark
             self._uncounted = Rollups()
@@ -486,6 +571,7 @@ class RollupMaintainer:
                 log.exception("meter value observer failed")
 
     def failed(self) -> None:
+        self._next_keys = None  # its slice is not stored: it runs again
         self._pending = []
         self._inserted = False
         if self._counted != self._batch_counted:
@@ -574,6 +660,8 @@ class RollupMaintainer:
                 await self.merge(connection, rows)
             watermark = await rollup_store.advance_watermark(connection)
         self._watermark = watermark
+        self._keys = KeyFill(watermark)  # every value keyed too
+        self._next_keys = None
         self._clear()  # the cache filled inside that transaction; let it refill lazily
         return len(rows)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Unit = Callable[[AsyncConnection], Awaitable[T]]
+Statement = tuple[str, tuple[Any, ...]]  # plain SQL with qmark parameters, and them
 
 
 class RowSink(Protocol):
@@ -66,10 +68,13 @@ class RowSink(Protocol):
 
     def failed(self) -> None: ...
 
-    async def write_alone(self, rows: list[dict[str, Any]]) -> bool:
+    async def write_alone(
+        self, rows: list[dict[str, Any]], then: Callable[[sqlite3.Connection], None] | None
+    ) -> bool:
         """Write and commit ``rows`` in a transaction of the sink's own, when a batch holds
-        nothing else (store/sqlite_writer.py: one trip to the database thread instead of
-        several). False: not now; the batch takes the usual way. Raising fails the batch."""
+        nothing else but plain statements (store/sqlite_writer.py: one trip to the database
+        thread instead of several); ``then`` runs those statements in it, after the rows.
+        False: not now; the batch takes the usual way. Raising fails the batch."""
         ...
 
 
@@ -82,6 +87,7 @@ class BatchStats:
     """Counters for metrics and benchmarks."""
 
     batches: int = 0
+    alone: int = 0  # of them committed by a sink's write_alone (one trip to its thread)
     rows: int = 0
     units: int = 0
     failures: int = 0
@@ -94,6 +100,7 @@ class BatchStats:
 class _Batch:
     rows: dict[Insert, list[dict[str, Any]]] = field(default_factory=dict)
     units: list[tuple[Unit[Any], asyncio.Future[Any]]] = field(default_factory=list)
+    statements: list[tuple[list[Statement], asyncio.Future[None]]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)  # for the rows
     items: int = 0
     deadline: asyncio.TimerHandle | None = None  # wait_timeout, from the first write
@@ -186,11 +193,27 @@ class GroupCommitter:
         self._added(batch, 1)
         return await future
 
+    async def execute(self, statements: list[Statement]) -> None:
+        """Run plain SQL ``statements`` (qmark parameters: SQLite's) in the next batch, in a
+        savepoint of their own like a unit's; return once committed.
+
+        Unlike a unit they can run in the writer thread's transaction with a batch of meter
+        values (``RowSink.write_alone``) instead of sending the batch the usual way, which
+        costs tens of milliseconds under load (docs/benchmarks.md): for SQLite-only writes
+        that come often (csms/liveness.py)."""
+        if not statements:
+            return
+        await self._admit(1)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        batch = self._batch
+        batch.statements.append((statements, future))
+        self._added(batch, 1)
+        await future
+
     def _expire(self, batch: _Batch) -> None:
         """The batch's ``wait_timeout`` passed: answer its callers now (module docstring)."""
         failure = StoreUnavailable(f"the database did not commit within {self._wait_timeout:g} s")
-        futures = [*batch.waiters, *(future for _unit, future in batch.units)]
-        self.stats.timeouts += _fail(futures, failure)
+        self.stats.timeouts += _fail(_futures(batch), failure)
 
     async def write_rows(
         self, connection: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]
@@ -280,14 +303,17 @@ class GroupCommitter:
         if not batch.units and len(batch.rows) == 1 and not self._closing:
             ((statement, rows),) = batch.rows.items()
             sink = self.sinks.get(statement)
+            then = _statements_sync(batch.statements, results) if batch.statements else None
             try:
-                alone = sink is not None and await sink.write_alone(rows)
+                alone = sink is not None and await sink.write_alone(rows, then)
             except Exception as error:
                 self._failed(batch, error)
                 return
             if alone:
+                self.stats.alone += 1
                 self._committed(batch, started, results)
                 return
+            results.clear()  # (``then`` may have run before the sink's transaction gave up)
         try:
             async with self._engine.begin() as connection:
                 for statement, rows in batch.rows.items():
@@ -303,6 +329,15 @@ class GroupCommitter:
                         results.append((future, False, error))
                         for sink, mark in zip(sinks, marks, strict=True):
                             sink.rolled_back(mark)
+                for statements, future in batch.statements:
+                    try:
+                        async with connection.begin_nested():
+                            for sql, parameters in statements:
+                                await connection.exec_driver_sql(sql, parameters)
+                        results.append((future, True, None))
+                    except Exception as error:  # the statements' caller's alone
+                        log.exception("write statements failed")
+                        results.append((future, False, error))
                 for sink in sinks:
                     await sink.finish(connection, final=self._closing)
         except Exception as error:
@@ -317,7 +352,7 @@ class GroupCommitter:
         log.error("group commit of %d items failed: %s", batch.items, error)
         failure = StoreUnavailable(f"database write failed: {type(error).__name__}")
         failure.__cause__ = error
-        _fail([*batch.waiters, *(future for _unit, future in batch.units)], failure)
+        _fail(_futures(batch), failure)
 
     def _committed(
         self,
@@ -329,7 +364,7 @@ class GroupCommitter:
             sink.committed()
         self.stats.batches += 1
         self.stats.rows += sum(len(rows) for rows in batch.rows.values())
-        self.stats.units += len(batch.units)
+        self.stats.units += len(batch.units) + len(batch.statements)
         self.stats.last_batch_items = batch.items
         self.stats.last_commit_seconds = time.perf_counter() - started
         if self.on_commit is not None:
@@ -345,6 +380,39 @@ class GroupCommitter:
             else:
                 future.set_exception(value)
                 future.exception()
+
+
+def _futures(batch: _Batch) -> list[asyncio.Future[Any]]:
+    """Every caller's future in ``batch``."""
+    return [
+        *batch.waiters,
+        *(future for _unit, future in batch.units),
+        *(future for _statements, future in batch.statements),
+    ]
+
+
+def _statements_sync(
+    queued: list[tuple[list[Statement], asyncio.Future[None]]],
+    results: list[tuple[asyncio.Future[Any], bool, Any]],
+) -> Callable[[sqlite3.Connection], None]:
+    """Runs each caller's statements in a savepoint of its own on a plain sqlite3 connection
+    (in the writer thread), noting each outcome in ``results``."""
+
+    def run(connection: sqlite3.Connection) -> None:
+        results.clear()  # a retried transaction starts over
+        for statements, future in queued:
+            connection.execute("SAVEPOINT statements")
+            try:
+                for sql, parameters in statements:
+                    connection.execute(sql, parameters)
+            except sqlite3.Error as error:
+                connection.execute("ROLLBACK TO statements")
+                results.append((future, False, error))
+            else:
+                results.append((future, True, None))
+            connection.execute("RELEASE statements")
+
+    return run
 
 
 def _fail(futures: list[asyncio.Future[Any]], failure: Exception) -> int:

@@ -280,6 +280,16 @@ class SqliteMeterBatch:
         return inserted
 
     async def merge(self, connection: AsyncConnection, rollups: list[RollupValues]) -> None:
+        for sql, parameters in self.merge_statements(rollups):
+            await _fetch_all(connection, sql, parameters)
+
+    def merge_sync(self, connection: sqlite3.Connection, rollups: list[RollupValues]) -> None:
+        """The same merge on a plain sqlite3 connection (the writer thread's)."""
+        for sql, parameters in self.merge_statements(rollups):
+            connection.execute(sql, parameters)
+
+    def merge_statements(self, rollups: list[RollupValues]) -> list[tuple[str, list[Any]]]:
+        """The merge's statements with their parameters."""
         texts: dict[datetime | None, str | None] = {None: None}
 
         def text(at: datetime | None) -> str | None:
@@ -316,8 +326,10 @@ class SqliteMeterBatch:
         # per parameter set and hands the GIL over and back each time, and under load each
         # handover waits for the busy event loop (a merge of a few thousand rows took 1-2 s
         # and stalled every charge point meanwhile).
+        statements = []
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             parameters = [value for row in chunk for value in row]
             parameters += self._upsert_constants
-            await _fetch_all(connection, _upsert_sql(self._upsert_sql, len(chunk)), parameters)
+            statements.append((_upsert_sql(self._upsert_sql, len(chunk)), parameters))
+        return statements

@@ -6,6 +6,7 @@ statement works on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -190,7 +191,7 @@ async def fresh_readings(
     if connection.dialect.name != "sqlite" or not charge_point_ids:
         return None
     mv = meter_values.c
-    watermark = func.coalesce(select(rollup_watermark.c.raw_id).scalar_subquery(), 0)
+    watermark = func.coalesce(select(rollup_watermark.c.keyed_id).scalar_subquery(), 0)
     query = select(
         mv.charge_point_id,
         mv.connector_id,
@@ -245,7 +246,7 @@ def _keyed_sql(alias: str, time: str, columns: str) -> str:
         f"ON {mv}.id = {k}.id AND {mv}.charge_point_id = {k}.charge_point_id "
         f"AND {mv}.timestamp = {k}.timestamp "
         f"WHERE {k}.charge_point_id = :cp AND {time} "
-        f"AND {k}.id <= (SELECT coalesce(max(raw_id), 0) FROM rollup_watermark) "
+        f"AND {k}.id <= (SELECT coalesce(max(keyed_id), 0) FROM rollup_watermark) "
         f"AND {mv}.measurand = :measurand AND {mv}.connector_id = :connector "
         f"AND coalesce({mv}.phase, '') = :phase AND {mv}.location = :location "
         f"AND {mv}.value IS NOT NULL"
@@ -412,11 +413,18 @@ async def watermark(connection: AsyncConnection) -> int:
     return int(value or 0)
 
 
-async def advance_watermark(connection: AsyncConnection) -> int:
+async def key_watermark(connection: AsyncConnection) -> int:
+    """The id up to which every meter value is keyed (SQLite, store/value_keys.py)."""
+    value = await connection.scalar(select(rollup_watermark.c.keyed_id))
+    return int(value or 0)
+
+
+async def advance_watermark(connection: AsyncConnection, *, keys: bool = True) -> int:
     """Every meter value stored so far is counted: called in the transaction that merged the
-    last of them. Returns the new watermark."""
-    # SQLite: the values up to the new watermark get their keys in the same transaction.
-    await key_values(connection, above=None, up_to=None)
+    last of them. Returns the new watermark. ``keys``: SQLite keys every value not keyed yet
+    in the same transaction (else the sliced fill does, store/value_keys.fill_step)."""
+    if keys:
+        await key_values(connection, above=None, up_to=None)
     latest = select(func.coalesce(func.max(meter_values.c.id), 0)).scalar_subquery()
     value = await connection.scalar(
         update(rollup_watermark).values(raw_id=latest).returning(rollup_watermark.c.raw_id)
@@ -424,7 +432,7 @@ async def advance_watermark(connection: AsyncConnection) -> int:
     if value is None:  # the row is gone (a test emptied the table): start it again
         value = await connection.scalar(
             rollup_watermark.insert()
-            .values(id=1, raw_id=latest)
+            .values(id=1, raw_id=latest, keyed_id=latest if keys else 0)
             .returning(rollup_watermark.c.raw_id)
         )
     return int(value or 0)
@@ -443,3 +451,35 @@ async def existing_charge_points(connection: AsyncConnection, ids: set[int]) -> 
     if len(ids) <= 10_000:  # far below SQLite's variable limit; else read them all
         query = query.where(charge_points.c.id.in_(ids))
     return set((await connection.execute(query)).scalars())
+
+
+# The same two, and the watermark's move, on a plain sqlite3 connection: a deferred merge run
+# by the writer thread (metering/rollups.py, RollupMaintainer.write_alone).
+
+
+def existing_charge_points_sync(connection: sqlite3.Connection, ids: set[int]) -> set[int]:
+    """:func:`existing_charge_points` on a plain sqlite3 connection."""
+    if not ids:
+        return set()
+    if len(ids) <= 10_000:
+        marks = ", ".join("?" * len(ids))
+        sql = f"SELECT id FROM charge_points WHERE id IN ({marks})"
+        cursor = connection.execute(sql, tuple(ids))
+    else:
+        cursor = connection.execute("SELECT id FROM charge_points")
+    return {row[0] for row in cursor}
+
+
+def newest_id_sync(connection: sqlite3.Connection) -> int:
+    """The highest meter value id stored (0: none)."""
+    ((newest,),) = connection.execute("SELECT coalesce(max(id), 0) FROM meter_values").fetchall()
+    return int(newest)
+
+
+def set_watermark_sync(connection: sqlite3.Connection, raw_id: int) -> None:
+    """Every meter value up to ``raw_id`` is counted in meter_rollups (the keys keep theirs)."""
+    cursor = connection.execute("UPDATE rollup_watermark SET raw_id = ?", (raw_id,))
+    if cursor.rowcount == 0:  # the row is gone (a test emptied the table): start it again
+        connection.execute(
+            "INSERT INTO rollup_watermark (id, raw_id, keyed_id) VALUES (1, ?, 0)", (raw_id,)
+        )

@@ -406,12 +406,15 @@ meter_rollups = Table(
 
 # SQLite only (metering/rollups.py, "Deferred merging"): every meter value with an id up to
 # ``raw_id`` is counted in meter_rollups; later ones are still in the writer's memory and are
-# recounted from raw after a crash. One row.
+# recounted from raw after a crash. Every one up to ``keyed_id`` is in meter_value_keys and, if
+# it has a transaction id, meter_value_transaction_keys (migration 0010, store/value_keys.py).
+# One row.
 rollup_watermark = Table(
     "rollup_watermark",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("raw_id", BigInteger, nullable=False),
+    Column("keyed_id", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("id = 1", name="ck_rollup_watermark_one_row"),
 )
 

@@ -6,14 +6,19 @@ PostgreSQL: the unique sample index leads with (charge point, timestamp), and
 SQLite (migrations 0008 and 0009): the sample index leads with the timestamp, so that a commit
 appends to one tail of it, and there is no transaction index; instead ``meter_value_keys``
 (charge point, timestamp, id) and ``meter_value_transaction_keys`` (transaction, timestamp, id)
-say which values are whose, for every value up to the rollup watermark. Both are filled in bulk
-when the watermark advances (:func:`chargegrid.store.rollups.advance_watermark`, about once a
-second), so each charge point's and each session's page is written once a second rather than at
-every commit. A read is then two arms merged in (timestamp, id) order:
+say which values are whose, for every value up to the key watermark (``rollup_watermark.
+keyed_id``, migration 0010). Both are filled in bulk about once a second, so each charge point's
+and each session's page is written once a second rather than at every commit. A read is then two
+arms merged in (timestamp, id) order:
 
 - the keys of the charge point (session) in the time range, each joined to its row by id (both
   in index order, so ``LIMIT`` stops early);
-- the values above the watermark (a second's worth, read by rowid range), filtered.
+- the values above the key watermark (a second or two's worth, read by rowid range), filtered.
+
+The fill is sliced (:func:`fill_step`): the values of one second are keyed a slice of charge
+points at a time, one slice per commit, spread over the next second, and the key watermark moves
+when the last slice is in. Filling all of them in one transaction stalled every charge point's
+next acknowledgement for that long (docs/benchmarks.md, session 7: 45-120 ms at 2,500 messages/s).
 
 The second arm's timestamp is written ``+meter_values.timestamp``: SQLite's unary plus leaves the
 value as it is but keeps the planner from walking the time-led sample index to produce that
@@ -24,8 +29,9 @@ optoverview.html, "Disqualifying WHERE clause terms using unary-+"). Tests check
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -184,7 +190,7 @@ def _values(
         return query.limit(limit) if limit is not None else query
 
     keys: Any = way.table.c
-    watermark = func.coalesce(select(rollup_watermark.c.raw_id).scalar_subquery(), 0)
+    watermark = func.coalesce(select(rollup_watermark.c.keyed_id).scalar_subquery(), 0)
     keyed_columns = [
         keys.timestamp.label("timestamp")
         if name == "timestamp"
@@ -236,27 +242,105 @@ def _values(
     return both.limit(limit) if limit is not None else both
 
 
+# The two fills, for the values with ids in (?, ?] (and, sliced, charge point id ? modulo ?).
+# ORDER BY the key: each page of keys is written once per statement.
+_FILLS = (
+    "INSERT OR IGNORE INTO meter_value_keys (charge_point_id, timestamp, id) "
+    "SELECT charge_point_id, timestamp, id FROM meter_values WHERE id > ? AND id <= ?{slice} "
+    "ORDER BY 1, 2, 3",
+    "INSERT OR IGNORE INTO meter_value_transaction_keys "
+    "(transaction_id, timestamp, id, charge_point_id) "
+    "SELECT transaction_id, timestamp, id, charge_point_id FROM meter_values "
+    "WHERE id > ? AND id <= ?{slice} AND transaction_id IS NOT NULL ORDER BY 1, 2, 3",
+)
+_WHOLE = tuple(sql.format(slice="") for sql in _FILLS)
+_SLICE = tuple(sql.format(slice=" AND charge_point_id % ? = ?") for sql in _FILLS)
+_NEWEST = "SELECT coalesce(max(id), 0) FROM meter_values"
+_MOVE = "UPDATE rollup_watermark SET keyed_id = max(keyed_id, ?)"
+
+# How many values one slice keys, about: both fills of ~2,000 values take ~6 ms of raw SQLite
+# (benchmarks/sqlite_index.py), a pause an acknowledgement can take; at most this many slices.
+SLICE_VALUES = 1000
+MAX_SLICES = 32
+
+Execute = Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]
+"""Runs one SQL statement (qmark parameters) in the open transaction; its rows, if any."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyFill:
+    """Where the sliced fill stands. Only a committed transaction's :func:`fill_step` result
+    may replace it: a rolled-back slice must run again."""
+
+    keyed: int  # keys are complete up to this id (rollup_watermark.keyed_id)
+    target: int | None = None  # the round's last id, while a round runs
+    done: int = 0  # slices of the round done
+    slices: int = 0
+    started: float = -math.inf  # when the round started (monotonic seconds)
+
+    @property
+    def covered(self) -> int:
+        """Ids up to here are keyed or will be by the running round's slices: a value the
+        database stores with an id up to it (reused: a deleted top row's) must be keyed at
+        once (:func:`key_values`)."""
+        return self.keyed if self.target is None else self.target
+
+
+def fill_step(execute: Execute, state: KeyFill, now: float, interval: float) -> KeyFill:
+    """Run the fill's slice that is due at ``now``, if any, and return the new state.
+
+    A round starts once ``interval`` has passed since the previous one: it takes the values
+    stored by then, splits them by charge point id modulo ``slices`` (one slice per
+    :data:`SLICE_VALUES` values) and runs slice *j* at ``started + j * interval / slices``, one
+    per call. The last one moves the key watermark."""
+    if state.target is None:
+        if now - state.started < interval:
+            return state
+        ((newest,),) = execute(_NEWEST, ())
+        if newest <= state.keyed:
+            return replace(state, started=now)
+        slices = min(MAX_SLICES, max(1, math.ceil((newest - state.keyed) / SLICE_VALUES)))
+        state = KeyFill(state.keyed, target=int(newest), slices=slices, started=now)
+    elif now < state.started + state.done * interval / state.slices:
+        return state
+    assert state.target is not None
+    for sql in _SLICE:
+        execute(sql, (state.keyed, state.target, state.slices, state.done))
+    if state.done + 1 < state.slices:
+        return replace(state, done=state.done + 1)
+    execute(_MOVE, (state.target,))
+    return KeyFill(max(state.keyed, state.target), started=state.started)
+
+
+async def fill_step_on(
+    connection: AsyncConnection, state: KeyFill, now: float, interval: float
+) -> KeyFill:
+    """:func:`fill_step` on an SQLAlchemy connection (a batch that took the usual way)."""
+
+    def run(sync: Any) -> KeyFill:
+        def execute(sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            result = sync.exec_driver_sql(sql, parameters)
+            return [tuple(row) for row in result] if result.returns_rows else []
+
+        return fill_step(execute, state, now, interval)
+
+    return await connection.run_sync(run)
+
+
 async def key_values(connection: AsyncConnection, *, above: int | None, up_to: int | None) -> None:
-    """SQLite: key the values with ids in ``(above, up_to]`` (``above`` None: the watermark;
-    ``up_to`` None: the newest) by charge point and, those with one, by transaction; sorted,
-    so that each charge point's and each session's page of keys is written once. Keys already
-    there are kept (a value below the watermark keyed at once)."""
+    """SQLite: key the values with ids in ``(above, up_to]`` (``above`` None: the key
+    watermark; ``up_to`` None: the newest) by charge point and, those with one, by transaction;
+    sorted, so that each charge point's and each session's page of keys is written once. Keys
+    already there are kept (a value below the watermark keyed at once). Moves the key watermark
+    up to ``up_to`` only if ``above`` is None (then the values up to it are all keyed)."""
     if connection.dialect.name != "sqlite":
         return
-    low = "coalesce((SELECT raw_id FROM rollup_watermark), 0)" if above is None else str(int(above))
-    high = "" if up_to is None else f" AND id <= {int(up_to)}"
-    await connection.execute(
-        text(
-            "INSERT OR IGNORE INTO meter_value_keys (charge_point_id, timestamp, id) "
-            f"SELECT charge_point_id, timestamp, id FROM meter_values WHERE id > {low}{high} "
-            "ORDER BY 1, 2, 3"
-        )
-    )
-    await connection.execute(
-        text(
-            "INSERT OR IGNORE INTO meter_value_transaction_keys "
-            "(transaction_id, timestamp, id, charge_point_id) "
-            "SELECT transaction_id, timestamp, id, charge_point_id FROM meter_values "
-            f"WHERE id > {low}{high} AND transaction_id IS NOT NULL ORDER BY 1, 2, 3"
-        )
-    )
+    move = above is None
+    if above is None:
+        above = int(await connection.scalar(select(rollup_watermark.c.keyed_id)) or 0)
+    if up_to is None:
+        up_to = int(await connection.scalar(text(_NEWEST)) or 0)
+    for sql in _WHOLE:
+        await connection.exec_driver_sql(sql, (above, up_to))
+    if move:
+        await connection.exec_driver_sql(_MOVE, (up_to,))
