@@ -20,6 +20,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from chargegrid import admin
+from chargegrid.metering import rollups as rollups_module
 from chargegrid.metering.rollups import Aggregate, RollupMaintainer, rebuild, recompute, step
 from chargegrid.store import rollups as rollup_store
 from chargegrid.store import value_keys
@@ -277,12 +278,16 @@ def test_rollups_equal_a_recompute_from_raw(
     then (3 ms) or only when asked (60 s: by a restart, the final stop, a crash's recovery).
     ``writer_thread``: with merging deferred, batches of values alone are committed in the
     writer thread's one trip and counted after the commit (store/sqlite_writer.py)."""
-    # SQLite's keys: a few values per slice, so that a fill round takes several commits.
+    # SQLite: a few values per slice of the key fill and a few rollup rows per slice of a
+    # merge, so that rounds of both take several commits (and crashes and rebuilds fall in
+    # the middle of them).
     slice_values, value_keys.SLICE_VALUES = value_keys.SLICE_VALUES, 3
+    slice_rows, rollups_module.MERGE_SLICE_ROWS = rollups_module.MERGE_SLICE_ROWS, 2
     try:
         asyncio.run(scenario(database_url, plan, merge_interval, writer_thread))
     finally:
         value_keys.SLICE_VALUES = slice_values
+        rollups_module.MERGE_SLICE_ROWS = slice_rows
 
 
 def test_reset_aware_step() -> None:

@@ -1,8 +1,8 @@
 """The shipped migrations build exactly the schema ``store/tables.py`` declares, on SQLite and
 PostgreSQL (less what differs by database on purpose, checked here item by item), and
-migrations 0006-0010 (the sample index re-ordered three times, one index dropped, SQLite's
+migrations 0006-0011 (the sample index re-ordered three times, one index dropped, SQLite's
 meter_value_keys and meter_value_transaction_keys instead of the transaction index, their own
-watermark) go down and up again with data in place. Nothing else checks that the two
+watermark, merge rounds) go down and up again with data in place. Nothing else checks that the two
 descriptions of the schema agree."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -130,7 +131,32 @@ async def test_migrations_build_the_declared_schema(database_url: str) -> None:
         await engine.dispose()
 
 
-async def test_0006_to_0010_go_down_and_up_with_values_in_place(database_url: str) -> None:
+async def test_0011_is_not_undone_in_the_middle_of_a_merge_round(database_url: str) -> None:
+    """0010 cannot say which slices of a round are merged: the way down refuses until a clean
+    stop has ended the round."""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine)
+        async with writing(engine).begin() as connection:
+            await connection.execute(
+                update(rollup_watermark).values(
+                    merge_round_up_to=5, merge_round_slices=4, merge_round_done=1
+                )
+            )
+
+        def down(connection: Connection) -> None:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0010")
+
+        with pytest.raises(RuntimeError, match="merge round is under way"):
+            await _sync(engine, down)
+        assert await _sync(engine, _differences) == []  # nothing changed
+    finally:
+        await engine.dispose()
+
+
+async def test_0006_to_0011_go_down_and_up_with_values_in_place(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         await upgrade(engine)
@@ -172,6 +198,9 @@ async def test_0006_to_0010_go_down_and_up_with_values_in_place(database_url: st
         def down_and_up(connection: Connection) -> None:
             config = alembic_config()
             config.attributes["connection"] = connection
+            command.downgrade(config, "0010")
+            columns = {c["name"] for c in inspect(connection).get_columns("rollup_watermark")}
+            assert not {c for c in columns if c.startswith("merge_round")}
             command.downgrade(config, "0009")
             columns = {c["name"] for c in inspect(connection).get_columns("rollup_watermark")}
             assert "keyed_id" not in columns

@@ -412,12 +412,16 @@ async def test_the_fill_keys_a_slice_per_call_and_moves_the_watermark_last(
             "measurand, location, context, unit, raw_unit, value, raw_value, format "
             f"FROM meter_values WHERE id = {newest}"
         )
-        for done in (1, 2, 3):
-            due = 100.0 + done / 4
-            assert value_keys.fill_step(execute, state, due - 0.001, 1.0) is state  # not yet
-            state = value_keys.fill_step(execute, state, due, 1.0)
-            assert state.done == (done + 1) % 4
-        assert state == value_keys.KeyFill(newest, started=100.0)
+        assert value_keys.fill_step(execute, state, 100.249, 1.0) is state  # not yet
+        state = value_keys.fill_step(execute, state, 100.25, 1.0)
+        assert state.done == 2
+        state = value_keys.fill_step(execute, state, 100.7, 1.0)  # late (due at 100.5)
+        assert state.done == 3
+        # Behind time, the next slice (due at 100.75) waits half the spacing after the one
+        # before it rather than running in the very next commit.
+        assert value_keys.fill_step(execute, state, 100.82, 1.0) is state
+        state = value_keys.fill_step(execute, state, 100.825, 1.0)
+        assert state == value_keys.KeyFill(newest, started=100.0, last=100.825)
         assert keyed_id() == newest
         assert keyed_charge_points(start, newest) == set(ids)
         assert keyed_charge_points(newest, newest + 1) == set()
@@ -432,10 +436,10 @@ async def test_the_fill_keys_a_slice_per_call_and_moves_the_watermark_last(
         # is not started at all.
         assert value_keys.fill_step(execute, state, 100.99, 1.0) is state
         state = value_keys.fill_step(execute, state, 101.0, 1.0)
-        assert state == value_keys.KeyFill(newest + 1, started=101.0)  # one slice: done
+        assert state == value_keys.KeyFill(newest + 1, started=101.0, last=101.0)  # one slice
         assert keyed_id() == newest + 1
         assert value_keys.fill_step(execute, state, 102.5, 1.0) == value_keys.KeyFill(
-            newest + 1, started=102.5
+            newest + 1, started=102.5, last=101.0
         )
     finally:
         connection.close()

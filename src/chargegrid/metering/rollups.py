@@ -270,6 +270,44 @@ class RollupStats:
     recounts: int = 0  # merges that counted from the database after a failure (see _recount)
 
 
+# Rollup rows per slice of a merge round (RollupMaintainer.write_alone): ~4 ms of the writer
+# thread each for 500 charge points' hourly and daily rows; at most this many slices.
+MERGE_SLICE_ROWS = 500
+MAX_MERGE_SLICES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _Round:
+    """A deferred merge under way: the rollups of the values up to ``up_to``, by slice of
+    charge points (id modulo the number of parts), ``done`` of them merged."""
+
+    up_to: int
+    parts: list[list[RollupValues]]
+    done: int = 0
+
+    @classmethod
+    def of(cls, values: list[RollupValues]) -> _Round:
+        """A round for ``values`` (``up_to`` is set when it starts, in its transaction)."""
+        slices = min(MAX_MERGE_SLICES, max(1, -(-len(values) // MERGE_SLICE_ROWS)))
+        parts: list[list[RollupValues]] = [[] for _ in range(slices)]
+        for value in values:
+            parts[value[0] % slices].append(value)
+        return cls(0, parts, _next_part(parts, 0))
+
+    def after(self) -> int:
+        """What ``done`` is once the next part is merged: past the empty parts after it too
+        (no value of theirs waits), so that every batch of the round merges something."""
+        return _next_part(self.parts, self.done + 1)
+
+
+def _next_part(parts: list[list[RollupValues]], start: int) -> int:
+    """The first non-empty part from ``start`` on; ``len(parts)`` if none."""
+    for index in range(start, len(parts)):
+        if parts[index]:
+            return index
+    return len(parts)
+
+
 class RollupMaintainer:
     """The group-commit writer's sink for meter values: insert, then merge rollups.
 
@@ -313,6 +351,10 @@ class RollupMaintainer:
         # The committed watermark (None: not read yet) and the one the open batch sets.
         self._watermark: int | None = None
         self._next_watermark: int | None = None
+        # A merge round under way in the writer thread (write_alone), and the watermark a round
+        # ended by the open batch (the usual way) leaves.
+        self._round: _Round | None = None
+        self._round_closing: int | None = None
         # SQLite's keys (store/value_keys.py): the committed state of their fill (None: not
         # read yet) and the one the open batch leaves, adopted when it commits.
         self._keys: KeyFill | None = None
@@ -346,8 +388,9 @@ class RollupMaintainer:
             if self._watermark is None:
                 self._watermark = await rollup_store.watermark(connection)
             # SQLite reuses the ids of deleted top rows (a removed charge point's values): such
-            # a row is below the watermark, which promises it is counted, so it is merged now.
-            if result.first_id > self._watermark:
+            # a row is below the watermark, which promises it is counted, so it is merged now
+            # (a round under way ends in this transaction too: finish()).
+            if result.first_id > self._counted_to():
                 await self._count(connection, inserted, self._uncounted)
                 self._counted += len(inserted)
             else:
@@ -381,31 +424,52 @@ class RollupMaintainer:
             self._next_keys = await fill_step_on(
                 connection, keys, time.monotonic(), self._merge_interval
             )
+        round_ = self._round
+        if round_ is not None and not self._recount:
+            # A merge round under way ends here, all its slices left at once.
+            for part in round_.parts[round_.done :]:
+                await self._merge_existing(connection, part)
+            self._round_closing = round_.up_to
         if not self._merge_due(final):
+            if round_ is not None and self._round_closing is not None:
+                await rollup_store.close_round(connection, round_.up_to)
             return
         if self._recount:
             if self._watermark is None:
                 self._watermark = await rollup_store.watermark(connection)
             self._clear()  # the cache may hold readings that were never stored
-            rows = await rollup_store.uncounted(connection, self._watermark)
+            # By what the database says is counted: a round's merged slices included.
+            counted = await rollup_store.counted(connection)
+            rows = await rollup_store.uncounted(connection, counted)
             self.stats.recounts += 1
             values = (await self._count(connection, rows)).values()
         else:
             values = self._uncounted.values()
-        if values:
-            # A charge point removed since (its values and rollups deleted with it, possibly by
-            # the CLI in another process) must not fail every later merge on its foreign key.
-            existing = await rollup_store.existing_charge_points(connection, {v[0] for v in values})
-            values = [v for v in values if v[0] in existing]
-        if values:
-            await self._batch.merge(connection, values)
-            self.stats.rollup_rows += len(values)
+        await self._merge_existing(connection, list(values))
         self._next_watermark = await rollup_store.advance_watermark(
             connection, keys=not self._sliced
         )
         if not self._sliced:
             self._next_keys = KeyFill(self._next_watermark)
         self._merging = True
+
+    async def _merge_existing(
+        self, connection: AsyncConnection, values: list[RollupValues]
+    ) -> None:
+        """Merge ``values`` but those of charge points removed since (their values and rollups
+        deleted with them, possibly by the CLI in another process): they must not fail every
+        later merge on the foreign key."""
+        if values:
+            existing = await rollup_store.existing_charge_points(connection, {v[0] for v in values})
+            values = [v for v in values if v[0] in existing]
+        if values:
+            await self._batch.merge(connection, values)
+            self.stats.rollup_rows += len(values)
+
+    def _counted_to(self) -> int:
+        """Ids up to here are counted, or will be when the round under way ends."""
+        assert self._watermark is not None
+        return self._watermark if self._round is None else max(self._watermark, self._round.up_to)
 
     @property
     def _sliced(self) -> bool:
@@ -443,19 +507,22 @@ class RollupMaintainer:
         self, rows: list[dict[str, Any]], then: Callable[[sqlite3.Connection], None] | None
     ) -> bool:
         """RowSink: insert ``rows``, run ``then`` and commit, counting the rows after the
-        commit; in the same transaction the deferred merge if it is due, or else the key
-        fill's slice.
+        commit; in the same transaction a slice of the deferred merge if one is due or under
+        way, or else the key fill's slice.
 
         Counting after the commit is the same as counting inside it: with merging deferred the
         counts are only memory until the next merge (a crash recounts from the watermark), and
         this writer is the only one of meter values, so the committed state a read-back sees
-        is the one the transaction had. A merge here merges what was counted before this
-        batch and moves the watermark to just below the batch's first id.
+        is the one the transaction had.
+
+        A merge round takes what was counted before the batch that starts it (values up to
+        just below its first id) and merges it a slice of charge points per batch (id modulo
+        the slices, ~:data:`MERGE_SLICE_ROWS` rollup rows each), recording its progress with
+        the watermark (store/rollups.Counted): in one commit the merge of a second's rollups
+        paused every charge point for 23-57 ms at 5,000 messages/s (docs/benchmarks.md).
 
         Everything runs in the writer thread on its connection: one trip, and the pages of
-        the rollups and keys stay in that connection's cache between commits (another
-        connection's write empties it: a merge through SQLAlchemy's pool read them back and
-        took 20-30 ms longer, docs/benchmarks.md).
+        the rollups and keys stay in that connection's cache between commits.
         """
         writer = self._writer
         watermark = self._watermark
@@ -471,22 +538,32 @@ class RollupMaintainer:
         batch = self._sqlite_batch
         now = time.monotonic()
         interval = self._merge_interval
-        above = max(watermark, keys.covered)
-        merging = self._merge_due(False)
-        values = list(self._uncounted.values()) if merging else []
+        round_ = self._round
+        starting = round_ is None and self._merge_due(False)
+        if starting:
+            round_ = _Round.of(list(self._uncounted.values()))
+        above = max(self._counted_to(), keys.covered)
 
-        def work(connection: sqlite3.Connection) -> tuple[Inserted, int | None, int, KeyFill]:
-            counted_up_to = rollup_store.newest_id_sync(connection) if merging else None
+        def work(connection: sqlite3.Connection) -> tuple[Inserted, int, int, KeyFill]:
+            up_to = rollup_store.newest_id_sync(connection) if starting else 0
             result = batch.insert_sync(connection, rows, above=above)
             merged = 0
-            if counted_up_to is not None:
-                # A charge point removed since must not fail the merge (see finish()).
-                ids = {value[0] for value in values}
-                existing = rollup_store.existing_charge_points_sync(connection, ids)
-                kept = [v for v in values if v[0] in existing] if existing != ids else values
-                batch.merge_sync(connection, kept)
-                merged = len(kept)
-                rollup_store.set_watermark_sync(connection, counted_up_to)
+            if round_ is not None:
+                up_to = up_to if starting else round_.up_to
+                part = round_.parts[round_.done] if round_.done < len(round_.parts) else []
+                if part:
+                    ids = {value[0] for value in part}
+                    existing = rollup_store.existing_charge_points_sync(connection, ids)
+                    if existing != ids:  # removed since (see _merge_existing)
+                        part = [v for v in part if v[0] in existing]
+                    batch.merge_sync(connection, part)
+                    merged = len(part)
+                if round_.after() == len(round_.parts):
+                    rollup_store.set_watermark_sync(connection, up_to)
+                else:
+                    rollup_store.set_round_sync(
+                        connection, up_to, len(round_.parts), round_.after()
+                    )
             if then is not None:
                 then(connection)
 
@@ -494,20 +571,26 @@ class RollupMaintainer:
                 return connection.execute(sql, parameters).fetchall()
 
             # Not both in one commit: each is a pause of its own (docs/benchmarks.md).
-            filled = keys if merging else fill_step(execute, keys, now, interval)
-            return result, counted_up_to, merged, filled
+            filled = keys if round_ is not None else fill_step(execute, keys, now, interval)
+            return result, up_to, merged, filled
 
         try:
-            result, counted_up_to, merged, self._keys = await writer.transaction(work)
+            result, up_to, merged, self._keys = await writer.transaction(work)
         except Abandon:
             # An id not above the watermarks: merged and keyed at once, on the usual way.
             return False
-        if counted_up_to is not None:
-            self._watermark = counted_up_to
+        if starting:
             self._uncounted = Rollups()
             self._merged_at = time.monotonic()
-            self._merge_wanted = False  # a reader's wish: everything acknowledged is merged
+            self._merge_wanted = False  # a reader's wish: the round has all acknowledged
+        if round_ is not None:
             self.stats.rollup_rows += merged
+            done = round_.after()
+            if done == len(round_.parts):
+                self._round = None
+                self._watermark = up_to
+            else:
+                self._round = _Round(up_to, round_.parts, done)
         inserted = result.rows
         self.stats.rows += len(inserted)
         self.stats.duplicates += len(rows) - len(inserted)
@@ -520,8 +603,11 @@ class RollupMaintainer:
 
     @property
     def uncounted(self) -> int:
-        """Hourly rollup rows waiting for the next deferred merge."""
-        return len(self._uncounted.by_key)
+        """Rollup rows waiting for a deferred merge (the next, or the round under way)."""
+        waiting = len(self._uncounted.by_key)
+        if self._round is not None:
+            waiting += sum(len(part) for part in self._round.parts[self._round.done :])
+        return waiting
 
     async def settle(self, writer: GroupCommitter) -> None:
         """Return once every value committed so far is merged into meter_rollups: a reader
@@ -555,6 +641,11 @@ class RollupMaintainer:
     def committed(self) -> None:
         if self._next_keys is not None:
             self._keys, self._next_keys = self._next_keys, None
+        if self._round_closing is not None:
+            self._round = None
+            if not self._merging:
+                self._watermark = self._round_closing
+            self._round_closing = None
         if self._merging:
             self._watermark = self._next_watermark
             self._uncounted = Rollups()
@@ -562,6 +653,7 @@ class RollupMaintainer:
             self._merge_wanted = False
             self._merging = False
             self._recount = False
+            self._round = None  # ended by the merge (or, recounting, taken in by it)
         self._batch_counted = self._counted
         pending, self._pending = self._pending, []
         for observer in self.observers:
@@ -572,6 +664,7 @@ class RollupMaintainer:
 
     def failed(self) -> None:
         self._next_keys = None  # its slice is not stored: it runs again
+        self._round_closing = None  # nor the end of a round
         self._pending = []
         self._inserted = False
         if self._counted != self._batch_counted:
@@ -653,13 +746,14 @@ class RollupMaintainer:
         if not self._sqlite:
             return 0
         async with writing(engine).begin() as connection:
-            rows = await rollup_store.uncounted(
-                connection, await rollup_store.watermark(connection)
-            )
+            # A round under way at the crash: its merged slices are counted already.
+            counted = await rollup_store.counted(connection)
+            rows = await rollup_store.uncounted(connection, counted)
             if rows:
                 await self.merge(connection, rows)
             watermark = await rollup_store.advance_watermark(connection)
         self._watermark = watermark
+        self._round = None
         self._keys = KeyFill(watermark)  # every value keyed too
         self._next_keys = None
         self._clear()  # the cache filled inside that transaction; let it refill lazily
@@ -720,13 +814,13 @@ async def rebuild(
             await rollup_store.lock_for_rebuild(connection)
             # SQLite: values above the watermark are counted in a running server's memory
             # (deferred merging) and merged later; counting them here too would count twice.
-            up_to = (
-                await rollup_store.watermark(connection)
+            counted = (
+                await rollup_store.counted(connection)
                 if connection.dialect.name == "sqlite"
                 else None
             )
             await rollup_store.delete_range(connection, day, end)
-            count = await _rebuild_range(connection, day, end, up_to)
+            count = await _rebuild_range(connection, day, end, counted)
         total += count
         if progress is not None:
             progress(day, count)
@@ -735,7 +829,10 @@ async def rebuild(
 
 
 async def _rebuild_range(
-    connection: AsyncConnection, since: datetime, until: datetime, up_to: int | None
+    connection: AsyncConnection,
+    since: datetime,
+    until: datetime,
+    counted: rollup_store.Counted | None,
 ) -> int:
     count = 0
     rollups = Rollups()
@@ -749,7 +846,7 @@ async def _rebuild_range(
             await connection.execute(meter_rollups.insert(), rows)
         rollups = Rollups()
 
-    async for row in rollup_store.raw_rows(connection, since, until, up_to=up_to):
+    async for row in rollup_store.raw_rows(connection, since, until, counted=counted):
         count += 1
         charge_point_id, connector_id, _tx, at, measurand, phase, location, _unit, value = row
         series = (charge_point_id, connector_id, measurand, phase or "", location)
@@ -758,7 +855,7 @@ async def _rebuild_range(
                 await flush()
             current = series
             previous = (
-                await rollup_store.previous_reading(connection, series, since, up_to=up_to)
+                await rollup_store.previous_reading(connection, series, since, counted=counted)
                 if is_register(measurand)
                 else None
             )

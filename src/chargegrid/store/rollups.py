@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -136,12 +137,12 @@ def _readings(
     *,
     newest_first: bool = False,
     limit: int | None = None,
-    up_to: int | None = None,
+    counted: Counted | None = None,
     columns: Sequence[ColumnElement[Any]] | None = None,
 ) -> Any:
     charge_point_id, where = _series_filter(series)
-    if up_to is not None:
-        where.append(meter_values.c.id <= up_to)
+    if counted is not None:
+        where.append(counted.clause(meter_values.c))
     mv = meter_values.c
     return charge_point_values(
         connection.dialect.name,
@@ -161,7 +162,7 @@ def _neighbour(
     time: Callable[[ColumnElement[Any]], list[ColumnElement[bool]]],
     *,
     newest_first: bool,
-    up_to: int | None = None,
+    counted: Counted | None = None,
 ) -> Any:
     """The series' readings at the newest (``newest_first``) or oldest timestamp within
     ``time``: all of them, as several can share a timestamp (contexts, formats); the caller
@@ -176,10 +177,10 @@ def _neighbour(
         time,
         newest_first=newest_first,
         limit=1,
-        up_to=up_to,
+        counted=counted,
         columns=[mv.timestamp],
     ).scalar_subquery()
-    return _readings(connection, series, lambda ts: [ts == at], up_to=up_to)
+    return _readings(connection, series, lambda ts: [ts == at], counted=counted)
 
 
 async def fresh_readings(
@@ -308,11 +309,17 @@ async def _sqlite_register_window(
 
 
 async def previous_reading(
-    connection: AsyncConnection, series: SeriesKey, before: datetime, *, up_to: int | None = None
+    connection: AsyncConnection,
+    series: SeriesKey,
+    before: datetime,
+    *,
+    counted: Counted | None = None,
 ) -> Reading | None:
     """The series' last reading strictly before ``before`` (a rebuild's starting point), among
-    values with an id up to ``up_to`` if given."""
-    query = _neighbour(connection, series, lambda ts: [ts < before], newest_first=True, up_to=up_to)
+    the ``counted`` values if given."""
+    query = _neighbour(
+        connection, series, lambda ts: [ts < before], newest_first=True, counted=counted
+    )
     readings = sorted((r[0], float(r[1])) for r in await connection.execute(query))
     return readings[-1] if readings else None
 
@@ -323,15 +330,15 @@ async def raw_rows(
     until: datetime,
     *,
     batch: int = 5000,
-    up_to: int | None = None,
+    counted: Counted | None = None,
 ) -> AsyncIterator[Sequence[Any]]:
-    """Raw values in ``[since, until)`` with a number (and an id up to ``up_to`` if given), in
+    """Raw values in ``[since, until)`` with a number (and ``counted`` if given), in
     series order then (timestamp, value); streamed in batches from a server-side cursor.
     Columns as :data:`RETURNED`."""
     mv = meter_values.c
     where = [mv.timestamp >= since, mv.timestamp < until, mv.value.is_not(None)]
-    if up_to is not None:
-        where.append(mv.id <= up_to)
+    if counted is not None:
+        where.append(counted.clause(mv))
     query = (
         select(*RETURNED)
         .where(*where)
@@ -406,6 +413,42 @@ async def read_all(connection: AsyncConnection) -> list[Any]:
     return list((await connection.execute(select(meter_rollups))).mappings())
 
 
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """Which meter values are counted in meter_rollups (SQLite's deferred merging,
+    metering/rollups.py): those with an id up to ``raw_id``, and, while a merge round is under
+    way, those with an id up to ``round_up_to`` of the charge points whose slice is merged
+    (charge point id modulo ``round_slices`` below ``round_done``)."""
+
+    raw_id: int
+    round_up_to: int | None = None
+    round_slices: int = 0
+    round_done: int = 0
+
+    def clause(self, mv: Any) -> ColumnElement[bool]:
+        """The condition on ``meter_values`` columns ``mv`` for "counted"."""
+        counted: ColumnElement[bool] = mv.id <= self.raw_id
+        if self.round_up_to is None or not self.round_done:
+            return counted
+        merged = and_(
+            mv.id <= self.round_up_to, (mv.charge_point_id % self.round_slices) < self.round_done
+        )
+        return or_(counted, merged)
+
+
+async def counted(connection: AsyncConnection) -> Counted:
+    """What the database says is counted (:class:`Counted`)."""
+    w = rollup_watermark.c
+    row = (
+        await connection.execute(
+            select(w.raw_id, w.merge_round_up_to, w.merge_round_slices, w.merge_round_done)
+        )
+    ).first()
+    if row is None:
+        return Counted(0)
+    return Counted(int(row[0] or 0), row[1], int(row[2] or 0), int(row[3] or 0))
+
+
 async def watermark(connection: AsyncConnection) -> int:
     """The id up to which every meter value is counted in the rollups (SQLite's deferred
     merging, metering/rollups.py)."""
@@ -427,7 +470,9 @@ async def advance_watermark(connection: AsyncConnection, *, keys: bool = True) -
         await key_values(connection, above=None, up_to=None)
     latest = select(func.coalesce(func.max(meter_values.c.id), 0)).scalar_subquery()
     value = await connection.scalar(
-        update(rollup_watermark).values(raw_id=latest).returning(rollup_watermark.c.raw_id)
+        update(rollup_watermark)
+        .values(raw_id=latest, **_NO_ROUND)
+        .returning(rollup_watermark.c.raw_id)
     )
     if value is None:  # the row is gone (a test emptied the table): start it again
         value = await connection.scalar(
@@ -438,10 +483,22 @@ async def advance_watermark(connection: AsyncConnection, *, keys: bool = True) -
     return int(value or 0)
 
 
-async def uncounted(connection: AsyncConnection, after: int) -> list[Sequence[Any]]:
-    """Meter values with an id above ``after`` (shaped as :data:`RETURNED`), in id order."""
+async def close_round(connection: AsyncConnection, raw_id: int) -> None:
+    """A merge round is complete: every value up to ``raw_id`` is counted."""
+    await connection.execute(update(rollup_watermark).values(raw_id=raw_id, **_NO_ROUND))
+
+
+_NO_ROUND: dict[str, Any] = {
+    "merge_round_up_to": None,
+    "merge_round_slices": 0,
+    "merge_round_done": 0,
+}
+
+
+async def uncounted(connection: AsyncConnection, counted: Counted) -> list[Sequence[Any]]:
+    """Meter values not ``counted`` (shaped as :data:`RETURNED`), in id order."""
     mv = meter_values.c
-    query = select(*RETURNED).where(mv.id > after).order_by(mv.id)
+    query = select(*RETURNED).where(~counted.clause(mv)).order_by(mv.id)
     return list((await connection.execute(query)).all())
 
 
@@ -470,6 +527,15 @@ def existing_charge_points_sync(connection: sqlite3.Connection, ids: set[int]) -
     return {row[0] for row in cursor}
 
 
+def set_round_sync(connection: sqlite3.Connection, up_to: int, slices: int, done: int) -> None:
+    """A merge round is under way (:class:`Counted`): ``done`` of its ``slices`` merged."""
+    connection.execute(
+        "UPDATE rollup_watermark SET merge_round_up_to = ?, merge_round_slices = ?, "
+        "merge_round_done = ?",
+        (up_to, slices, done),
+    )
+
+
 def newest_id_sync(connection: sqlite3.Connection) -> int:
     """The highest meter value id stored (0: none)."""
     ((newest,),) = connection.execute("SELECT coalesce(max(id), 0) FROM meter_values").fetchall()
@@ -477,8 +543,13 @@ def newest_id_sync(connection: sqlite3.Connection) -> int:
 
 
 def set_watermark_sync(connection: sqlite3.Connection, raw_id: int) -> None:
-    """Every meter value up to ``raw_id`` is counted in meter_rollups (the keys keep theirs)."""
-    cursor = connection.execute("UPDATE rollup_watermark SET raw_id = ?", (raw_id,))
+    """Every meter value up to ``raw_id`` is counted in meter_rollups (the keys keep theirs);
+    no merge round is under way."""
+    cursor = connection.execute(
+        "UPDATE rollup_watermark SET raw_id = ?, merge_round_up_to = NULL, "
+        "merge_round_slices = 0, merge_round_done = 0",
+        (raw_id,),
+    )
     if cursor.rowcount == 0:  # the row is gone (a test emptied the table): start it again
         connection.execute(
             "INSERT INTO rollup_watermark (id, raw_id, keyed_id) VALUES (1, ?, 0)", (raw_id,)

@@ -408,13 +408,18 @@ meter_rollups = Table(
 # ``raw_id`` is counted in meter_rollups; later ones are still in the writer's memory and are
 # recounted from raw after a crash. Every one up to ``keyed_id`` is in meter_value_keys and, if
 # it has a transaction id, meter_value_transaction_keys (migration 0010, store/value_keys.py).
-# One row.
+# While a merge round is under way (migration 0011, store/rollups.Counted), also those up to
+# ``merge_round_up_to`` of the charge points whose id modulo ``merge_round_slices`` is below
+# ``merge_round_done``. One row.
 rollup_watermark = Table(
     "rollup_watermark",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("raw_id", BigInteger, nullable=False),
     Column("keyed_id", BigInteger, nullable=False, server_default="0"),
+    Column("merge_round_up_to", BigInteger),
+    Column("merge_round_slices", Integer, nullable=False, server_default="0"),
+    Column("merge_round_done", Integer, nullable=False, server_default="0"),
     CheckConstraint("id = 1", name="ck_rollup_watermark_one_row"),
 )
 

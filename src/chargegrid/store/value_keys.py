@@ -277,6 +277,7 @@ class KeyFill:
     done: int = 0  # slices of the round done
     slices: int = 0
     started: float = -math.inf  # when the round started (monotonic seconds)
+    last: float = -math.inf  # when its last slice ran
 
     @property
     def covered(self) -> int:
@@ -292,7 +293,9 @@ def fill_step(execute: Execute, state: KeyFill, now: float, interval: float) -> 
     A round starts once ``interval`` has passed since the previous one: it takes the values
     stored by then, splits them by charge point id modulo ``slices`` (one slice per
     :data:`SLICE_VALUES` values) and runs slice *j* at ``started + j * interval / slices``, one
-    per call. The last one moves the key watermark."""
+    per call, and never sooner than half that spacing after the slice before it: behind time
+    (the event loop or the disk stalled) it catches up gradually rather than adding a slice to
+    every commit of the backlog. The last one moves the key watermark."""
     if state.target is None:
         if now - state.started < interval:
             return state
@@ -301,15 +304,17 @@ def fill_step(execute: Execute, state: KeyFill, now: float, interval: float) -> 
             return replace(state, started=now)
         slices = min(MAX_SLICES, max(1, math.ceil((newest - state.keyed) / SLICE_VALUES)))
         state = KeyFill(state.keyed, target=int(newest), slices=slices, started=now)
-    elif now < state.started + state.done * interval / state.slices:
-        return state
+    else:
+        spacing = interval / state.slices
+        if now < max(state.started + state.done * spacing, state.last + spacing / 2):
+            return state
     assert state.target is not None
     for sql in _SLICE:
         execute(sql, (state.keyed, state.target, state.slices, state.done))
     if state.done + 1 < state.slices:
-        return replace(state, done=state.done + 1)
+        return replace(state, done=state.done + 1, last=now)
     execute(_MOVE, (state.target,))
-    return KeyFill(max(state.keyed, state.target), started=state.started)
+    return KeyFill(max(state.keyed, state.target), started=state.started, last=now)
 
 
 async def fill_step_on(
