@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 Dispatch = Callable[[Any, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+# Seconds a connection's worker task waits for the next CALL before it ends (see _work).
+WORKER_LINGER = 5.0
+
+
+def _linger_over(idle: asyncio.Future[bool]) -> None:
+    if not idle.done():
+        idle.set_result(False)
+
+
 class Transport(Protocol):
     async def send(self, text: str) -> None: ...
 
@@ -69,6 +78,7 @@ class ChargePointConnection:
         "_call_lock",
         "_calls",
         "_dispatch",
+        "_idle",
         "_log",
         "_on_activity",
         "_transport",
@@ -99,6 +109,7 @@ class ChargePointConnection:
         self._on_activity = on_activity
         self._calls: deque[Call] | None = None  # CALLs waiting for the worker, while any do
         self._worker: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[bool] | None = None  # the worker waits for a CALL on it
         self._call_lock: asyncio.Lock | None = None  # made by the first CSMS-initiated call
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self.closed = False
@@ -127,7 +138,12 @@ class ChargePointConnection:
             if calls is None:
                 calls = self._calls = deque()
             calls.append(event.call)
-            if self._worker is None:
+            idle = self._idle
+            if idle is not None:  # the worker waits for it (or is about to see it)
+                self._idle = None
+                if not idle.done():
+                    idle.set_result(True)
+            elif self._worker is None:
                 self._worker = asyncio.create_task(self._work())
         elif isinstance(event, IncomingResult):
             self._settle(event.call, event.payload, None)
@@ -149,13 +165,31 @@ class ChargePointConnection:
             self.log.info("%s: ignored frame: %s", self.identity, event.reason)
 
     async def _work(self) -> None:
+        """Handle queued CALLs one after another (OCPP-J 1.6 §4.1.1: one at a time), then wait
+        up to :data:`WORKER_LINGER` seconds for the next before ending: a task per CALL was
+        ~8 % of the event loop's CPU under load (docs/benchmarks.md, session 7), while an idle
+        connection keeps no task (nor queue)."""
+        loop = asyncio.get_running_loop()
         try:
-            while self._calls:
-                await self._handle(self._calls.popleft())
+            while True:
+                calls = self._calls
+                while calls:
+                    await self._handle(calls.popleft())
+                self._calls = None
+                if self.closed:
+                    return
+                idle = self._idle = loop.create_future()
+                timer = loop.call_later(WORKER_LINGER, _linger_over, idle)
+                try:
+                    # False: the wait is over (or the connection closing), unless a CALL came
+                    # in just after.
+                    if not await idle and not self._calls:
+                        return
+                finally:
+                    timer.cancel()
         finally:
             self._worker = None
-            if not self._calls:
-                self._calls = None  # an idle connection keeps no queue
+            self._idle = None
 
     async def _handle(self, call: Call) -> None:
         error_code: str | None = None  # observability: the CALLERROR sent, if any
@@ -231,14 +265,22 @@ class ChargePointConnection:
         if self.closed:
             return
         self.closed = True
+        self._stop_waiting()
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(ConnectionClosed("the connection closed"))
         with contextlib.suppress(Exception):  # already gone is as good as closed
             await self._transport.close(code, reason)
 
+    def _stop_waiting(self) -> None:
+        """A worker waiting for the next CALL ends (the connection is closing)."""
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(False)
+
     def connection_lost(self) -> None:
         """The transport is gone: fail a waiting call; queued CALLs can no longer be answered."""
         self.closed = True
+        self._stop_waiting()
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(ConnectionClosed("the connection closed"))
         if self._calls is not None:
