@@ -172,7 +172,8 @@ class GroupCommitter:
         """Insert ``rows`` with ``statement`` in the next batch; return once committed."""
         if not rows:
             return
-        await self._admit(len(rows))
+        if not self._room(len(rows)):
+            await self._admit(len(rows))
         batch = self._batch
         bucket = batch.rows.get(statement)
         if bucket is None:
@@ -186,7 +187,8 @@ class GroupCommitter:
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` inside the next batch's transaction; return its result once committed."""
-        await self._admit(1)
+        if not self._room(1):
+            await self._admit(1)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         batch = self._batch
         batch.units.append((unit, future))
@@ -203,7 +205,8 @@ class GroupCommitter:
         that come often (csms/liveness.py)."""
         if not statements:
             return
-        await self._admit(1)
+        if not self._room(1):
+            await self._admit(1)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch = self._batch
         batch.statements.append((statements, future))
@@ -229,6 +232,15 @@ class GroupCommitter:
     @property
     def queued(self) -> int:
         return self._queued
+
+    def _room(self, count: int) -> bool:
+        """The common case, checked without a coroutine (the hot path): running, and room
+        in the queue for ``count`` more. Otherwise :meth:`_admit` waits or refuses."""
+        return (
+            self._task is not None
+            and not self._closing
+            and self._queued + min(count, self._queue_limit) <= self._queue_limit
+        )
 
     async def _admit(self, count: int) -> None:
         if self._closing:
