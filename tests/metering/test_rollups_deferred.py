@@ -43,13 +43,27 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def running(engine: AsyncEngine) -> tuple[GroupCommitter, RollupMaintainer]:
-    writer = GroupCommitter(engine, interval=0.001)
-    sink = RollupMaintainer("sqlite", merge_interval=60.0)  # merged only when asked
+async def running(
+    engine: AsyncEngine,
+    *,
+    thread: SqliteWriter | None = None,
+    interval: float = 0.001,
+    merge_interval: float = 60.0,  # merged only when asked
+) -> tuple[GroupCommitter, RollupMaintainer]:
+    writer = GroupCommitter(engine, interval=interval)
+    sink = RollupMaintainer("sqlite", merge_interval=merge_interval)
+    if thread is not None:  # batches of values alone commit in the writer thread
+        sink.use_writer(thread, engine)
     writer.sinks[sink.insert] = sink
     await sink.recover(engine)
     await writer.start()
     return writer, sink
+
+
+def writer_thread(engine: AsyncEngine) -> SqliteWriter:
+    path = database_path(engine.url.render_as_string(hide_password=False))
+    assert path is not None
+    return SqliteWriter(path)
 
 
 async def cp_id(engine: AsyncEngine, identity: str) -> int:
@@ -176,15 +190,8 @@ async def test_plain_statements_join_a_batch_of_values_in_the_writer_thread(
     thread's one trip; a failing caller's statements roll back alone, the rest commit, and
     what the statements wrote reads back as the ORM would have written it."""
     a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
-    path = database_path(engine.url.render_as_string(hide_password=False))
-    assert path is not None
-    thread = SqliteWriter(path)
-    writer = GroupCommitter(engine, interval=0.05)
-    sink = RollupMaintainer("sqlite", merge_interval=60.0)
-    sink.use_writer(thread, engine)
-    writer.sinks[sink.insert] = sink
-    await sink.recover(engine)
-    await writer.start()
+    thread = writer_thread(engine)
+    writer, sink = await running(engine, thread=thread, interval=0.05)
     seen_at = BASE + timedelta(seconds=1, microseconds=5)
     beat_at = BASE + timedelta(seconds=2)
     try:
@@ -221,15 +228,8 @@ async def test_a_merge_round_cut_short_counts_each_value_once(
     reader's settle ends the round at once. Each value ends up counted exactly once."""
     monkeypatch.setattr(rollups_module, "MERGE_SLICE_ROWS", 1)  # a slice per rollup row
     a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
-    path = database_path(engine.url.render_as_string(hide_password=False))
-    assert path is not None
-    thread = SqliteWriter(path)
-    writer = GroupCommitter(engine, interval=0.001)
-    sink = RollupMaintainer("sqlite", merge_interval=0.05)
-    sink.use_writer(thread, engine)
-    writer.sinks[sink.insert] = sink
-    await sink.recover(engine)
-    await writer.start()
+    thread = writer_thread(engine)
+    writer, sink = await running(engine, thread=thread, merge_interval=0.05)
     try:
         for minute in range(3):
             await writer.insert(
