@@ -431,8 +431,8 @@ class RollupMaintainer:
                 await self._merge_existing(connection, part)
             self._round_closing = round_.up_to
         if not self._merge_due(final):
-            if round_ is not None and self._round_closing is not None:
-                await rollup_store.close_round(connection, round_.up_to)
+            if self._round_closing is not None:  # (a merge below would end it too)
+                await rollup_store.close_round(connection, self._round_closing)
             return
         if self._recount:
             if self._watermark is None:
