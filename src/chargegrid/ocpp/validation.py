@@ -17,9 +17,12 @@ from chargegrid.ocpp.actions import ACTIONS, CSMS_INITIATED
 from chargegrid.ocpp.errors import ErrorCode, OcppError
 from chargegrid.ocpp.schemas import (
     ENUM_FORMATS,
+    Check,
     Validator,
     compile_all,
+    request_check,
     request_validator,
+    response_check,
     response_validator,
 )
 
@@ -53,7 +56,8 @@ def validate_request(action: str, payload: dict[str, Any]) -> None:
     Raises :class:`OcppError` with the Table 7 code of the first problem found, or
     NotImplemented if ``action`` is not an OCPP 1.6 action.
     """
-    _run(_validator(request_validator, action), payload)
+    if not _validator(request_check, action)(payload):
+        _run(request_validator(action), payload)
 
 
 def validate_response(action: str, payload: dict[str, Any]) -> None:
@@ -61,7 +65,8 @@ def validate_response(action: str, payload: dict[str, Any]) -> None:
 
     Raises :class:`OcppError` like :func:`validate_request`.
     """
-    _run(_validator(response_validator, action), payload)
+    if not _validator(response_check, action)(payload):
+        _run(response_validator(action), payload)
 
 
 def validate_outgoing_call(action: str, payload: dict[str, Any]) -> None:
@@ -77,7 +82,7 @@ def validate_outgoing_call(action: str, payload: dict[str, Any]) -> None:
     validate_request(action, payload)
 
 
-def _validator(lookup: Callable[[str], Validator], action: str) -> Validator:
+def _validator(lookup: Callable[[str], Check], action: str) -> Check:
     try:
         return lookup(action)
     except KeyError:
