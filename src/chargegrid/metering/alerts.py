@@ -240,6 +240,9 @@ class AlertEngine:
         if not by_measurand:
             return
         total_rules = self._total_rules
+        # One reading of the clock for the batch: it was once per value and rule, ~2 % of the
+        # event loop's time under load (docs/benchmarks.md, session 8).
+        now = self._clock.now()
         # Per-line values of measurands checked as totals, by sampled meterValue (charge point,
         # connector, session, timestamp, measurand, location): line number -> its first row.
         lines: dict[tuple[Any, ...], dict[int, Sequence[Any]]] | None = None
@@ -251,7 +254,7 @@ class AlertEngine:
             phase = row[5]
             if phase is None or measurand not in total_rules:
                 for rule in rules:
-                    self._evaluate(rule, row)
+                    self._evaluate(rule, row, now)
                 continue
             line = _LINE.get(phase)
             if line is not None:
@@ -262,16 +265,19 @@ class AlertEngine:
                 lines.setdefault(key, {}).setdefault(line, row)
             for rule in rules:
                 if rule.phase is not None:
-                    self._evaluate(rule, row)
+                    self._evaluate(rule, row, now)
                 elif (rule.id, row[0], row[1], phase) in self._open:
                     # Raised per phase by a version that did not check totals: this value can
                     # still resolve it (it raises nothing new).
-                    self._evaluate(rule, row)
+                    self._evaluate(rule, row, now)
         if lines is not None:
-            self._observe_sums(rows, lines)
+            self._observe_sums(rows, lines, now)
 
     def _observe_sums(
-        self, rows: list[Sequence[Any]], lines: dict[tuple[Any, ...], dict[int, Sequence[Any]]]
+        self,
+        rows: list[Sequence[Any]],
+        lines: dict[tuple[Any, ...], dict[int, Sequence[Any]]],
+        now: datetime,
     ) -> None:
         """Check the sum of the lines of each meterValue that sent no total of its own. (A
         batch holds whole messages, so all of a meterValue's rows are in ``rows``.)"""
@@ -288,9 +294,11 @@ class AlertEngine:
                 continue
             row, label = summed
             for rule in self._total_rules[key[4]]:
-                self._evaluate(rule, row, label)
+                self._evaluate(rule, row, now, label)
 
-    def _evaluate(self, rule: Rule, row: Sequence[Any], label: str | None = None) -> None:
+    def _evaluate(
+        self, rule: Rule, row: Sequence[Any], now: datetime, label: str | None = None
+    ) -> None:
         """``label``: how the message names the value's phase (a sum: ``L1+L2+L3``)."""
         charge_point_id, connector_id, tx, at, measurand, phase, _location, unit, value = row
         if rule.phase is not None and rule.phase != phase:
@@ -302,7 +310,6 @@ class AlertEngine:
             label = phase
         key = (rule.id, charge_point_id, connector_id, phase)
         open_alert = self._open.get(key)
-        now = self._clock.now()
         if open_alert is not None:
             if rule.back_in_range(value):
                 del self._open[key]
