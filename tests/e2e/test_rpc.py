@@ -2,7 +2,9 @@
 
 Frames the ``ocpp`` package would never produce go over raw ``websockets`` connections; the
 CSMS -> CP calls of R11 are answered by the ``ocpp`` package's ChargePoint or by a raw socket.
-Every test runs the real server on SQLite and on PostgreSQL.
+Every test runs the real server on SQLite and on PostgreSQL, and with both ways frames take
+between the socket and the connection: the trimmed protocol's direct text path (as shipped)
+and plain ASGI messages (``ws_lean_protocol`` off, or any other ASGI server).
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ ERROR_CODES_16 = {
     "TypeConstraintViolation",
     "GenericError",
 }
+
+
+@pytest.fixture(params=["direct", "asgi"])
+def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    return settings.model_copy(update={"ws_lean_protocol": request.param == "direct"})
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -625,6 +632,12 @@ async def test_one_worker_task_per_busy_connection_none_once_idle(
         for _ in range(3):
             await heartbeat_works(ws)
             assert connection._worker is worker  # the same task, waiting in between
+        # The linger counts from the last CALL, not the first wait's timer: quiet for 0.2 s,
+        # one more CALL, 0.2 s again, and the worker is still there.
+        await asyncio.sleep(0.2)
+        await heartbeat_works(ws)
+        await asyncio.sleep(0.2)
+        assert not worker.done() and connection._worker is worker
         await asyncio.sleep(0.6)
         assert worker.done() and connection._worker is None and connection._calls is None
         await heartbeat_works(ws)  # a new one

@@ -14,7 +14,12 @@ import pytest
 import uvicorn
 import websockets
 
-from chargegrid.gateway.uvicorn_protocol import LeanWebSocketProtocol, _Flag, _ReceiveQueue
+from chargegrid.gateway.uvicorn_protocol import (
+    DIRECT_TEXT,
+    LeanWebSocketProtocol,
+    _Flag,
+    _ReceiveQueue,
+)
 from support import serving
 
 # -- the receive queue ---------------------------------------------------------------------
@@ -182,3 +187,154 @@ async def test_a_refused_upgrade_is_still_refused() -> None:
             async with websockets.connect(f"ws://127.0.0.1:{port}/refuse"):
                 pass
         assert refused.value.response.status_code == 403
+
+
+# -- the direct text path (DIRECT_TEXT) ------------------------------------------------------
+
+
+async def _direct(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    """Echoes text through the direct path: attaches after a pause (what arrives meanwhile is
+    queued), writes with send_text, or ASGI send where that declines; binary messages still
+    come through ``receive``."""
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    direct = scope["extensions"][DIRECT_TEXT]
+    send_text = direct["send_text"]
+    await asyncio.sleep(0.2)
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_text(text: str) -> None:
+        if text == "fail":
+            raise RuntimeError("the application failed")
+        if not send_text(text):
+            task = asyncio.create_task(send({"type": "websocket.send", "text": text}))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    direct["attach"](on_text)
+    while True:
+        message = await receive()
+        if message["type"] != "websocket.receive":
+            return
+        assert message.get("text") is None  # text never comes this way once attached
+        await send({"type": "websocket.send", "text": f"binary {len(message['bytes'])}"})
+
+
+@contextlib.asynccontextmanager
+async def _direct_server(**options: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+    config = uvicorn.Config(
+        _direct,
+        host="127.0.0.1",
+        port=0,
+        ws=LeanWebSocketProtocol,
+        lifespan="off",
+        log_level="warning",
+        **options,
+    )
+    async with serving(config) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _direct_client(
+    compression: Any = None, **options: Any
+) -> AsyncIterator[tuple[uvicorn.Server, websockets.ClientConnection]]:
+    """A client of a fresh :func:`_direct` server, connected (the app not yet attached)."""
+    async with (
+        _direct_server(**options) as (server, port),
+        websockets.connect(
+            f"ws://127.0.0.1:{port}/", compression=compression, max_size=None
+        ) as client,
+    ):
+        yield server, client
+
+
+async def test_text_reaches_an_attached_app_in_order_queued_messages_first() -> None:
+    async with _direct_client() as (server, client):
+        # Sent before the app attaches: these wait in the receive queue, then go first.
+        for n in range(5):
+            await client.send(f"early {n}")
+        await asyncio.sleep(0.4)
+        for n in range(5):
+            await client.send(f"late {n}")
+        await client.send(b"\x00\x01\x02")
+        expected = [f"early {n}" for n in range(5)] + [f"late {n}" for n in range(5)]
+        got = [await asyncio.wait_for(client.recv(), 2) for _ in range(11)]
+        assert got == [*expected, "binary 3"]
+        (protocol,) = server.server_state.connections
+        assert protocol.on_text is not None
+        assert protocol.queue.empty()
+        assert protocol.transport.is_reading()
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_direct_frames_carry_every_length(compression: Any) -> None:
+    # RFC 6455 §5.2: 7-bit lengths up to 125, 16-bit up to 65,535, 64-bit beyond; with
+    # permessage-deflate negotiated, websockets frames (and compresses) them instead.
+    texts = ["", "x" * 125, "y" * 126, "é" * 100, "z" * 65535, "w" * 65536, "ü" * 70000]
+    deflate = compression is not None
+    async with _direct_client(compression, ws_per_message_deflate=deflate) as (_, client):
+        await asyncio.sleep(0.3)  # attached
+        for text in texts:
+            await client.send(text)
+            assert await asyncio.wait_for(client.recv(), 2) == text
+
+
+async def test_send_text_declines_while_writing_is_paused_and_reading_stops() -> None:
+    async with _direct_client() as (server, client):
+        await asyncio.sleep(0.3)
+        (protocol,) = server.server_state.connections
+        assert protocol.send_text_now("now") is True
+        assert await asyncio.wait_for(client.recv(), 2) == "now"
+        protocol.pause_writing()  # what the transport does when its buffer is full
+        assert protocol.send_text_now("later") is False
+        assert not protocol.transport.is_reading()  # the peer does not read: neither do we
+        protocol.resume_writing()
+        assert protocol.transport.is_reading()
+        assert protocol.send_text_now("again") is True
+        assert await asyncio.wait_for(client.recv(), 2) == "again"
+
+
+async def test_send_text_declines_once_the_close_is_sent() -> None:
+    async with _direct_client() as (server, client):
+        await asyncio.sleep(0.3)
+        (protocol,) = server.server_state.connections
+        await protocol.send({"type": "websocket.close", "code": 1000})
+        assert protocol.send_text_now("too late") is False
+        with pytest.raises(websockets.ConnectionClosedOK):
+            await asyncio.wait_for(client.recv(), 2)
+
+
+async def _closed_with(port: int, frame: bytes) -> int:
+    """Send ``frame`` (a raw, masked client frame) on an upgraded connection; the close code."""
+    async with websockets.connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
+        await asyncio.sleep(0.3)
+        client.transport.write(frame)
+        with pytest.raises(websockets.ConnectionClosedError) as closed:
+            await asyncio.wait_for(client.recv(), 2)
+        assert closed.value.rcvd is not None
+        return closed.value.rcvd.code
+
+
+def _masked_text(payload: bytes) -> bytes:
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+async def test_invalid_utf8_text_closes_with_1007() -> None:
+    # RFC 6455 §8.1: a text message must be UTF-8; the endpoint fails the connection (1007).
+    async with _direct_server() as (_, port):
+        assert await _closed_with(port, _masked_text(b"\xff\xfe")) == 1007
+
+
+async def test_an_app_failing_on_a_message_closes_with_1011() -> None:
+    async with _direct_server() as (server, port):
+        assert await _closed_with(port, _masked_text(b"fail")) == 1011
+        for _ in range(100):
+            if not server.server_state.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not server.server_state.connections

@@ -24,6 +24,7 @@ from chargegrid.gateway.admission import SUBPROTOCOL, Admission, Admitted, Hands
 from chargegrid.gateway.connection import ChargePointConnection, Dispatch
 from chargegrid.gateway.observer import NO_OBSERVER, ConnectionObserver
 from chargegrid.gateway.registry import ConnectionRegistry
+from chargegrid.gateway.uvicorn_protocol import DIRECT_TEXT, TextSink
 from chargegrid.ocpp.session import OcppSession
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,17 @@ def _single_header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | Non
     return values[0].decode("latin-1") if len(values) == 1 else None
 
 
+def _cannot_send_now(text: str) -> bool:
+    return False
+
+
 class _AsgiTransport:
-    __slots__ = ("_send",)
+    __slots__ = ("_send", "send_nowait")
 
     def __init__(self, send: Send) -> None:
         self._send = send
+        # Replaced by the server's direct writer where it offers one (DIRECT_TEXT).
+        self.send_nowait: Callable[[str], bool] = _cannot_send_now
 
     async def send(self, text: str) -> None:
         await self._send({"type": "websocket.send", "text": text})
@@ -148,10 +155,17 @@ class OcppGateway:
         self._observer.handshake(101)
         # This frame stays suspended for the connection's life: keep nothing of the handshake
         # (memory per idle connection, docs/benchmarks.md).
-        del headers, handshake, message
-        await self._serve(decision, receive, send)
+        direct = (scope.get("extensions") or {}).get(DIRECT_TEXT)
+        del headers, handshake, message, scope
+        await self._serve(decision, receive, send, direct)
 
-    async def _serve(self, admitted: Admitted, receive: Receive, send: Send) -> None:
+    async def _serve(
+        self,
+        admitted: Admitted,
+        receive: Receive,
+        send: Send,
+        direct: dict[str, Any] | None,
+    ) -> None:
         context = self._context_factory(admitted)
         session = OcppSession(
             supported=self._supported,
@@ -159,11 +173,12 @@ class OcppGateway:
             reject_before_accepted=self._reject_before_accepted,
         )
         presence = self._presence
+        transport = _AsgiTransport(send)
         connection = ChargePointConnection(
             admitted.identity,
             context,
             session,
-            _AsgiTransport(send),
+            transport,
             self._dispatch,
             lambda: presence.activity(connection),
             self._observer,
@@ -177,6 +192,13 @@ class OcppGateway:
         await self._observer.connected(connection)
         reason = "closed by charge point"
         try:
+            if direct is not None:
+                # The server hands text messages straight to the connection and writes its
+                # answers at once (gateway/uvicorn_protocol.py); the loop below then sees only
+                # the disconnect (and binary messages).
+                transport.send_nowait = direct["send_text"]
+                attach: Callable[[TextSink], None] = direct["attach"]
+                attach(connection.receive_nowait)
             while True:
                 message = await receive()
                 kind = message["type"]

@@ -29,12 +29,15 @@ Dispatch = Callable[[Any, str, dict[str, Any]], Awaitable[dict[str, Any]]]
 WORKER_LINGER = 5.0
 
 
-def _linger_over(idle: asyncio.Future[bool]) -> None:
-    if not idle.done():
-        idle.set_result(False)
+# CALLERRORs being sent by a task (receive_nowait, when the transport cannot send at once).
+_replies: set[asyncio.Task[None]] = set()
 
 
 class Transport(Protocol):
+    def send_nowait(self, text: str) -> bool:
+        """Send ``text`` now if the transport can without waiting (True), else nothing (False)."""
+        ...
+
     async def send(self, text: str) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -79,6 +82,8 @@ class ChargePointConnection:
         "_calls",
         "_dispatch",
         "_idle",
+        "_idle_since",
+        "_linger",
         "_log",
         "_on_activity",
         "_transport",
@@ -110,6 +115,8 @@ class ChargePointConnection:
         self._calls: deque[Call] | None = None  # CALLs waiting for the worker, while any do
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[bool] | None = None  # the worker waits for a CALL on it
+        self._idle_since = 0.0  # since when (loop time)
+        self._linger: asyncio.TimerHandle | None = None  # ends a wait that lasts too long
         self._call_lock: asyncio.Lock | None = None  # made by the first CSMS-initiated call
         self._answer: asyncio.Future[dict[str, Any]] | None = None
         self.closed = False
@@ -129,6 +136,22 @@ class ChargePointConnection:
 
     async def receive(self, text: str | bytes) -> None:
         """Feed one received text frame."""
+        reply = self.take(text)
+        if reply is not None:
+            await self._send(reply)
+
+    def receive_nowait(self, text: str | bytes) -> None:
+        """Feed one received text frame, from a transport that delivers them by callback."""
+        reply = self.take(text)
+        if reply is not None and not self._send_nowait(reply):
+            task = asyncio.get_running_loop().create_task(self._send(reply))
+            _replies.add(task)
+            task.add_done_callback(_replies.discard)
+
+    def take(self, text: str | bytes) -> str | None:
+        """Take one received text frame without waiting: a CALL is queued for the worker, an
+        answer settles our call. Returns what to send back at once (a CALLERROR for a frame
+        that cannot be handled as a CALL), if anything."""
         self._on_activity()
         event = self.session.receive(text)
         if self.trace is not None:  # observability: message trace
@@ -160,9 +183,10 @@ class ChargePointConnection:
                 event.description,
                 event.message_id,
             )
-            await self._send(event.text)
+            return event.text
         elif isinstance(event, Ignored):
             self.log.info("%s: ignored frame: %s", self.identity, event.reason)
+        return None
 
     async def _work(self) -> None:
         """Handle queued CALLs one after another (OCPP-J 1.6 §4.1.1: one at a time), then wait
@@ -179,17 +203,35 @@ class ChargePointConnection:
                 if self.closed:
                     return
                 idle = self._idle = loop.create_future()
-                timer = loop.call_later(WORKER_LINGER, _linger_over, idle)
-                try:
-                    # False: the wait is over (or the connection closing), unless a CALL came
-                    # in just after.
-                    if not await idle and not self._calls:
-                        return
-                finally:
-                    timer.cancel()
+                self._idle_since = loop.time()
+                if self._linger is None:
+                    # One timer for many waits: arming and cancelling one per CALL was ~5 %
+                    # of the event loop's time under load (docs/benchmarks.md, session 8).
+                    self._linger = loop.call_later(WORKER_LINGER, self._linger_check)
+                # False: the wait is over (or the connection closing), unless a CALL came in
+                # just after.
+                if not await idle and not self._calls:
+                    return
         finally:
             self._worker = None
             self._idle = None
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
+
+    def _linger_check(self) -> None:
+        """The worker's timer: end its wait if it has waited :data:`WORKER_LINGER` seconds,
+        else look again when it will have (a worker handling a CALL arms a new one later)."""
+        self._linger = None
+        idle = self._idle
+        if idle is None or idle.done():
+            return
+        loop = asyncio.get_running_loop()
+        left = self._idle_since + WORKER_LINGER - loop.time()
+        if left > 0:
+            self._linger = loop.call_later(left, self._linger_check)
+        else:
+            idle.set_result(False)
 
     async def _handle(self, call: Call) -> None:
         error_code: str | None = None  # observability: the CALLERROR sent, if any
@@ -252,14 +294,25 @@ class ChargePointConnection:
             answer.set_result(payload)
 
     async def _send(self, text: str) -> None:
-        if self.closed:
+        if self._send_nowait(text):
             return
-        if self.trace is not None:  # observability: message trace
-            self.trace.frame_out(text)
         try:
             await self._transport.send(text)
         except Exception as error:  # the socket went away under us; the receive loop ends it
             self.log.info("%s: send failed: %s", self.identity, error)
+
+    def _send_nowait(self, text: str) -> bool:
+        """Send ``text`` now if the transport can without waiting; True if done with it (sent,
+        or nothing to send it to), False if it must go through ``send``."""
+        if self.closed:
+            return True
+        if self.trace is not None:  # observability: message trace
+            self.trace.frame_out(text)
+        try:
+            return self._transport.send_nowait(text)
+        except Exception as error:  # the socket went away under us; the receive loop ends it
+            self.log.info("%s: send failed: %s", self.identity, error)
+            return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed:
