@@ -338,3 +338,74 @@ async def test_an_app_failing_on_a_message_closes_with_1011() -> None:
                 break
             await asyncio.sleep(0.02)
         assert not server.server_state.connections
+
+
+def _frame(
+    opcode: int, payload: bytes, *, fin: bool = True, mask: bytes = b"\x05\x06\x07\x08"
+) -> bytes:
+    """A client frame (masked, RFC 6455 §5.2), 7- or 16-bit length."""
+    first = (0x80 if fin else 0) | opcode
+    size = len(payload)
+    header = (
+        bytes([first, 0x80 | size])
+        if size < 126
+        else bytes([first, 0xFE]) + size.to_bytes(2, "big")
+    )
+    return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+async def test_whole_text_frames_skip_websockets_parser_everything_else_goes_through_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with _direct_client() as (server, client):
+        await asyncio.sleep(0.3)  # attached
+        (protocol,) = server.server_state.connections
+        parsed: list[bytes] = []
+        receive_data = protocol.conn.receive_data
+
+        def counting(data: bytes) -> None:
+            parsed.append(bytes(data))
+            receive_data(data)
+
+        monkeypatch.setattr(protocol.conn, "receive_data", counting)
+
+        async def answer() -> str:
+            return str(await asyncio.wait_for(client.recv(), 2))
+
+        # Whole text frames, one or several per read: read without websockets.
+        client.transport.write(_frame(0x1, b"one"))
+        assert await answer() == "one"
+        client.transport.write(_frame(0x1, b"two") + _frame(0x1, ("é" * 200).encode()))
+        assert [await answer(), await answer()] == ["two", "é" * 200]
+        assert parsed == []
+        # A fragmented message (§5.4) and a ping between its fragments: websockets' parser.
+        client.transport.write(_frame(0x1, b"fra", fin=False))
+        client.transport.write(_frame(0x9, b"ping"))
+        client.transport.write(_frame(0x0, b"gment", fin=True))
+        assert await answer() == "fragment"
+        assert parsed  # (in one read or several: TCP may join the writes)
+        before = len(parsed)
+        # A frame split across reads, right after its mask: websockets again, until it stands
+        # between frames. The payload looks like a whole empty text frame (FIN + text, masked,
+        # 0 bytes, mask 0): only the parser that read the header knows it is payload.
+        fake = b"\x81\x80\x00\x00\x00\x00"
+        split = _frame(0x2, fake, mask=b"\x00\x00\x00\x00")
+        client.transport.write(split[: len(split) - len(fake)])
+        await asyncio.sleep(0.1)
+        client.transport.write(fake)
+        assert await answer() == "binary 6"
+        assert len(parsed) == before + 2
+        client.transport.write(_frame(0x1, b"fast again"))
+        assert await answer() == "fast again"
+        assert len(parsed) == before + 2
+
+
+async def test_a_text_message_over_the_limit_still_closes_with_1009() -> None:
+    async with _direct_server(ws_max_size=100) as (_, port):
+        assert await _closed_with(port, _frame(0x1, b"x" * 101)) == 1009
+
+
+async def test_an_unmasked_client_frame_still_closes_with_1002() -> None:
+    # RFC 6455 §5.1: a server must close the connection on an unmasked frame.
+    async with _direct_server() as (_, port):
+        assert await _closed_with(port, b"\x81\x05hello") == 1002

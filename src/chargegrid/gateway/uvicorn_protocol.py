@@ -34,8 +34,10 @@ from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import apply_mask  # type: ignore[attr-defined]  # C where compiled
 from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.streams import StreamReader
 
 __all__ = ["DIRECT_TEXT", "LeanWebSocketProtocol", "TextSink"]
 
@@ -56,6 +58,10 @@ _TEXT_FIN = 0x81
 _SHORT = struct.Struct("!BB")
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
+# A client's frame (§5.3: masked) of a whole text message: FIN + text, MASK + 7-bit length.
+_MASKED = 0x80
+# websockets' parser waits here between frames (its StreamReader.at_eof, see _between_frames).
+_AT_EOF = getattr(StreamReader.at_eof, "__code__", None)
 
 
 class _ReceiveQueue:
@@ -216,6 +222,73 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    def data_received(self, data: bytes) -> None:
+        # The usual chunk of an OCPP connection is one whole text message in one unfragmented,
+        # uncompressed frame: read here, in a few operations, what websockets' generic parser
+        # (generators, a Frame object, its checks; ~10 % of the event loop's time under load)
+        # makes of it. Only while that parser stands between frames, outside a fragmented
+        # message, so that what it would have done is nothing but hand the text on: anything
+        # else (control frames, fragments, a frame split across reads, too big, extensions)
+        # goes to websockets as before, whole.
+        on_text = self.on_text
+        if on_text is not None and not self.close_sent:
+            texts = self._whole_text_frames(data)
+            if texts is not None:
+                self._deliver_all(on_text, texts)
+                return
+        super().data_received(data)
+
+    def _deliver_all(self, on_text: TextSink, texts: list[bytes]) -> None:
+        for payload in texts:
+            if self.close_sent:  # failed on a message: the rest is discarded, as uvicorn does
+                return
+            self._deliver(on_text, payload)
+
+    def _whole_text_frames(self, data: bytes) -> list[bytes] | None:
+        """The unmasked payloads of ``data`` if it is nothing but whole text frames that
+        websockets would take as they are (else None: let websockets read it)."""
+        conn = self.conn
+        if conn.state is not State.OPEN or conn.extensions or not self._between_frames():
+            return None
+        limit = conn.max_message_size
+        texts = []
+        end = len(data)
+        at = 0
+        while at < end:
+            if end - at < 6 or data[at] != _TEXT_FIN:  # RFC 6455 §5.2: RSV bits 0
+                return None
+            size = data[at + 1]
+            if not size & _MASKED:
+                return None  # §5.1: the server must fail an unmasked client frame
+            size &= 0x7F
+            at += 2
+            if size == 126:
+                size = (data[at] << 8) | data[at + 1]
+                at += 2
+            elif size == 127:
+                return None
+            if limit is not None and size > limit:
+                return None
+            start = at + 4
+            if start + size > end:
+                return None
+            texts.append(apply_mask(data[start : start + size], data[at:start]))
+            at = start + size
+        return texts
+
+    def _between_frames(self) -> bool:
+        """websockets' parser waits for the first byte of a frame, not in a fragmented
+        message. (Its generators' innermost is StreamReader.at_eof only there; if websockets
+        ever changes that, this says False and its parser reads everything, as before.)"""
+        conn = self.conn
+        if conn.current_size is not None or conn.reader.buffer:
+            return False
+        generator: Any = conn.parser
+        inner = getattr(generator, "gi_yieldfrom", None)
+        while inner is not None:
+            generator, inner = inner, getattr(inner, "gi_yieldfrom", None)
+        return getattr(generator, "gi_code", None) is _AT_EOF
+
     def send_receive_event_to_app(self) -> None:
         on_text = self.on_text
         if on_text is None or self.curr_msg_data_type != "text" or self.close_sent:
@@ -224,6 +297,9 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         frames = self.frames
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         self.frames = []
+        self._deliver(on_text, data)
+
+    def _deliver(self, on_text: TextSink, data: bytes) -> None:
         try:
             text = data.decode()
         except UnicodeDecodeError:
