@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib import resources
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import fastjsonschema
 import jsonschema_rs
@@ -67,6 +67,7 @@ _FORMATS: Final[dict[str, Callable[[str], bool]]] = {"date-time": is_date_time}
 ENUM_FORMATS: Final[dict[str, tuple[str, ...]]] = {}
 """Format name -> the enum values it stands for, to describe a failed check."""
 
+_Compiled = TypeVar("_Compiled")
 _enum_names: dict[tuple[str, ...], str] = {}
 _requests: dict[str, Validator] = {}
 _responses: dict[str, Validator] = {}
@@ -76,34 +77,31 @@ _response_checks: dict[str, Check] = {}
 
 def request_validator(action: str) -> Validator:
     """Return the validator of the request payload of ``action`` (``KeyError`` if unknown)."""
-    validator = _requests.get(action)
-    if validator is None:
-        validator = _requests[action] = _compile(action, "")
-    return validator
+    return _cached(_requests, _compile, action, "")
 
 
 def response_validator(action: str) -> Validator:
     """Return the validator of the response payload of ``action`` (``KeyError`` if unknown)."""
-    validator = _responses.get(action)
-    if validator is None:
-        validator = _responses[action] = _compile(action, "Response")
-    return validator
+    return _cached(_responses, _compile, action, "Response")
 
 
 def request_check(action: str) -> Check:
     """Return the fast check of the request payload of ``action`` (``KeyError`` if unknown)."""
-    check = _request_checks.get(action)
-    if check is None:
-        check = _request_checks[action] = _compile_check(action, "")
-    return check
+    return _cached(_request_checks, _compile_check, action, "")
 
 
 def response_check(action: str) -> Check:
     """Return the fast check of the response payload of ``action`` (``KeyError`` if unknown)."""
-    check = _response_checks.get(action)
-    if check is None:
-        check = _response_checks[action] = _compile_check(action, "Response")
-    return check
+    return _cached(_response_checks, _compile_check, action, "Response")
+
+
+def _cached(
+    cache: dict[str, _Compiled], compile: Callable[[str, str], _Compiled], action: str, suffix: str
+) -> _Compiled:
+    found = cache.get(action)
+    if found is None:
+        found = cache[action] = compile(action, suffix)
+    return found
 
 
 def compile_all() -> None:
