@@ -10,12 +10,21 @@ printing round trips/s, latency, server CPU per round trip and the group-commit 
 database) across runs: the figures show the decline from an empty database to the steady state.
 ``--perf`` / ``--pyspy`` profile the last run (``perf record`` by DSO and symbol; py-spy on the
 event loop thread, raw collapsed stacks in the work directory).
+
+``--pair-env NAME=VALUE ...`` compares two servers in the same seconds: A with ``--env``, B with
+``--env`` and these (e.g. ``PYTHONPATH=/path/to/other/worktree/src``), both pinned to core 0,
+each with a fleet of its own (``--size`` charge points, ``--rate`` each) driven from one load
+generator on core 1. This machine's speed drifts by a third within minutes, more than most
+changes are worth, and one run after another compares the hours, not the code; side by side
+both see the same hour. Prints each server's figures per run and B's CPU per round trip as a
+ratio of A's (the figure to judge by; p99s are of two servers sharing one core).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -24,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from chargegrid.simulator import bench, loadgen
 
@@ -70,16 +80,92 @@ def _profile(
     return [" ".join(command) for command in commands]
 
 
-async def _main(args: argparse.Namespace) -> None:
-    os.sched_setaffinity(0, {1})
-    workdir = Path(tempfile.mkdtemp(prefix="chargegrid-probe-"))
-    options = bench.BenchOptions(targets=("chargegrid",), sizes=(args.size,), storm=0, idle=0)
+def _target(options: bench.BenchOptions, workdir: Path, env: list[str]) -> tuple[bench.Target, str]:
+    """The chargegrid target with ``env`` (NAME=VALUE) set and its fleet provisioned."""
     (target,) = bench._targets(options, workdir)
-    for pair in args.env:
+    for pair in env:
         name, _, value = pair.partition("=")
         target.env[name] = value
     bench._provision(target, options, 0, workdir)
-    url = f"ws://127.0.0.1:{target.port}/ocpp"
+    return target, f"ws://127.0.0.1:{target.port}/ocpp"
+
+
+def _line(label: str, result: dict[str, Any]) -> tuple[str, float]:
+    rate = result["round_trips_per_s"]
+    cpu = 100 * (result.get("server_cpu") or 0.0)
+    per_rt = 1e4 * cpu / rate if rate else 0.0
+    return (
+        f"{label}: {rate:8.0f} rt/s  p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f}"
+        f" ms  server CPU {cpu:5.1f} % ({per_rt:5.0f} us/rt)  errors {result['errors']}",
+        per_rt,
+    )
+
+
+async def _paired(args: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, {1})
+    workdir = Path(tempfile.mkdtemp(prefix="chargegrid-probe-"))
+    print(f"work directory {workdir}")
+    servers = []
+    for index, env in enumerate((args.env, [*args.env, *args.pair_env])):
+        options = bench.BenchOptions(
+            targets=("chargegrid",),
+            sizes=(args.size,),
+            storm=0,
+            idle=0,
+            base_port=bench.BenchOptions.base_port + 50 * index,
+        )
+        directory = workdir / "AB"[index]
+        directory.mkdir()
+        servers.append((*_target(options, directory, env), directory))
+    ids = bench._ids("TP", args.size)
+    with contextlib.ExitStack() as stack:
+        processes = [
+            stack.enter_context(
+                bench.server_process(
+                    target.command, target.port, directory / "server.log", target.env, 0
+                )
+            )
+            for target, _url, directory in servers
+        ]
+        ratios = []
+        for run in range(1, args.runs + 1):
+            results = await asyncio.gather(
+                *(
+                    loadgen.throughput(
+                        url,
+                        ids,
+                        sampled=args.sampled,
+                        warmup=args.warmup,
+                        duration=args.duration,
+                        server_pid=process.pid,
+                        rate=args.rate,
+                        in_sessions=args.transactions,
+                    )
+                    for (_target, url, _directory), process in zip(servers, processes, strict=True)
+                )
+            )
+            (text_a, per_rt_a), (text_b, per_rt_b) = (
+                _line(f"run {run} {label}", result)
+                for label, result in zip("AB", results, strict=True)
+            )
+            ratio = per_rt_b / per_rt_a if per_rt_a else float("nan")
+            ratios.append(ratio)
+            print(f"{text_a}\n{text_b}\n        B/A CPU per round trip: {ratio:.3f}", flush=True)
+        ratios.sort()
+        print(
+            f"B/A CPU per round trip over {len(ratios)} runs: median {ratios[len(ratios) // 2]:.3f}"
+            f" (min {ratios[0]:.3f}, max {ratios[-1]:.3f})"
+        )
+
+
+async def _main(args: argparse.Namespace) -> None:
+    if args.pair_env:
+        await _paired(args)
+        return
+    os.sched_setaffinity(0, {1})
+    workdir = Path(tempfile.mkdtemp(prefix="chargegrid-probe-"))
+    options = bench.BenchOptions(targets=("chargegrid",), sizes=(args.size,), storm=0, idle=0)
+    target, url = _target(options, workdir, args.env)
     print(f"work directory {workdir}")
     with bench.server_process(
         target.command, target.port, workdir / "server.log", target.env, 0
@@ -155,6 +241,12 @@ def main() -> None:
     parser.add_argument("--pyspy", action="store_true")
     parser.add_argument("--profile-delay", type=float, default=5.0, help="connect + warmup")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server")
+    parser.add_argument(
+        "--pair-env",
+        action="append",
+        default=[],
+        help="NAME=VALUE: run a second server B with these too, side by side (see above)",
+    )
     asyncio.run(_main(parser.parse_args()))
 
 
