@@ -126,7 +126,10 @@ class ChargeGrid:
         self.checkpointer: WalCheckpointer | None = None
         if path is not None and settings.sqlite_checkpoint_interval > 0:
             self.checkpointer = WalCheckpointer(
-                path, settings.sqlite_checkpoint_interval, settings.sqlite_synchronous
+                path,
+                settings.sqlite_checkpoint_interval,
+                settings.sqlite_synchronous,
+                on_copied=self.sqlite_writer.catch_up_wal if self.sqlite_writer else None,
             )
         self.live_stats = LiveStats(
             self.bus,

@@ -6,9 +6,12 @@ into the database file and syncs it before it returns, and every charge point wa
 commit waits with it (60-100 ms every second or two at 5,000 messages/s, docs/benchmarks.md).
 Here a connection of its own runs a PASSIVE checkpoint every ``interval``: it copies the frames
 no reader still needs without taking the write lock or waiting for anyone
-(https://sqlite.org/c3ref/wal_checkpoint_v2.html), so the writer only ever appends; once every
-frame is copied, the next write transaction starts the WAL from its beginning again. The
-automatic checkpoint stays as the safety net (a long read holds frames back).
+(https://sqlite.org/c3ref/wal_checkpoint_v2.html), so the writer only ever appends. The WAL
+starts from its beginning again only when a write transaction starts with every frame copied;
+under load the writer has committed again before a pass ends, so after a pass that copied
+everything the writer copies the few frames written since, between two of its transactions
+(``on_copied``, :meth:`SqliteWriter.catch_up_wal`). The automatic checkpoint stays as the
+safety net (a long read holds frames back).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -37,8 +41,18 @@ class WalCheckpointer:
     """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on the database at ``path`` every ``interval``
     seconds in a thread of its own, from :meth:`start` until :meth:`stop`."""
 
-    def __init__(self, path: str, interval: float, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: str,
+        interval: float,
+        synchronous: str = "FULL",
+        *,
+        on_copied: Callable[[], None] | None = None,
+    ) -> None:
         self._path = path
+        # Told (in this thread) when every frame there was is copied: the writer then copies
+        # what it wrote meanwhile, so that the WAL starts over (SqliteWriter.catch_up_wal).
+        self._on_copied = on_copied
         self._interval = interval
         self._synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
@@ -82,12 +96,20 @@ class WalCheckpointer:
             connection = sqlite3.connect(self._path, timeout=30, check_same_thread=False)
             configure_sqlite_connection(connection, self._synchronous)
             self._connection = connection
-        ((_busy, log_frames, copied),) = connection.execute(
-            "PRAGMA wal_checkpoint(PASSIVE)"
-        ).fetchall()
+        # A second pass copies what the writer committed during the first (a second's worth
+        # took 20-40 ms to copy at 5,000 messages/s), so that what is left for the writer's
+        # catch-up is a few commits', not a few dozen.
+        for _ in range(2):
+            ((_busy, log_frames, copied),) = connection.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            ).fetchall()
+            if log_frames <= 0 or copied < log_frames:  # nothing there, or a reader holds some
+                break
         stats = self.stats
         stats.checkpoints += 1
         stats.last_log_frames, stats.last_copied_frames = log_frames, copied
+        if self._on_copied is not None and 0 < log_frames == copied:
+            self._on_copied()
 
     def _close(self) -> None:
         if self._connection is not None:
