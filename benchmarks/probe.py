@@ -90,13 +90,30 @@ def _target(options: bench.BenchOptions, workdir: Path, env: list[str]) -> tuple
     return target, f"ws://127.0.0.1:{target.port}/ocpp"
 
 
+async def _throughput(
+    args: argparse.Namespace, url: str, ids: list[str], pid: int
+) -> dict[str, Any]:
+    """One run of the throughput scenario as the command line asks, against server ``pid``."""
+    return await loadgen.throughput(
+        url,
+        ids,
+        sampled=args.sampled,
+        warmup=args.warmup,
+        duration=args.duration,
+        server_pid=pid,
+        rate=args.rate,
+        in_sessions=args.transactions,
+    )
+
+
 def _line(label: str, result: dict[str, Any]) -> tuple[str, float]:
     rate = result["round_trips_per_s"]
     cpu = 100 * (result.get("server_cpu") or 0.0)
     per_rt = 1e4 * cpu / rate if rate else 0.0
     return (
         f"{label}: {rate:8.0f} rt/s  p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f}"
-        f" ms  server CPU {cpu:5.1f} % ({per_rt:5.0f} us/rt)  errors {result['errors']}",
+        f" ms  server CPU {cpu:5.1f} % ({per_rt:5.0f} us/rt)"
+        f"  loadgen CPU {100 * result['loadgen_cpu']:5.1f} %  errors {result['errors']}",
         per_rt,
     )
 
@@ -131,16 +148,7 @@ async def _paired(args: argparse.Namespace) -> None:
         for run in range(1, args.runs + 1):
             results = await asyncio.gather(
                 *(
-                    loadgen.throughput(
-                        url,
-                        ids,
-                        sampled=args.sampled,
-                        warmup=args.warmup,
-                        duration=args.duration,
-                        server_pid=process.pid,
-                        rate=args.rate,
-                        in_sessions=args.transactions,
-                    )
+                    _throughput(args, url, ids, process.pid)
                     for (_target, url, _directory), process in zip(servers, processes, strict=True)
                 )
             )
@@ -185,16 +193,7 @@ async def _main(args: argparse.Namespace) -> None:
                 ):
                     print(f"profiling: {line}")
             started = time.perf_counter()
-            result = await loadgen.throughput(
-                url,
-                ids,
-                sampled=args.sampled,
-                warmup=args.warmup,
-                duration=args.duration,
-                server_pid=server.pid,
-                rate=args.rate,
-                in_sessions=args.transactions,
-            )
+            result = await _throughput(args, url, ids, server.pid)
             after = _metrics(target.port)
             delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
             batches = delta.get("chargegrid_group_commit_duration_seconds_count", 0.0) or 1.0
@@ -208,15 +207,10 @@ async def _main(args: argparse.Namespace) -> None:
                 for le in ("0.025", "0.05", "0.1", "0.25")
                 if f"commit_le_{le}" in delta
             )
-            rate = result["round_trips_per_s"]
-            cpu = 100 * (result.get("server_cpu") or 0.0)
-            per_rt = 1e4 * cpu / rate if rate else 0.0
+            text, _per_rt = _line(f"run {run}", result)
             print(
-                f"run {run}: {rate:8.0f} rt/s  p50 {result['p50_ms']:6.1f} ms"
-                f"  p99 {result['p99_ms']:6.1f} ms  server CPU {cpu:5.1f} %"
-                f" ({per_rt:5.0f} us/rt)  loadgen CPU {100 * result['loadgen_cpu']:5.1f} %"
-                f"  commit {commit_ms:5.1f} ms x {items:5.0f} items"
-                f"  errors {result['errors']}  ({time.perf_counter() - started:.0f} s)"
+                f"{text}  commit {commit_ms:5.1f} ms x {items:5.0f} items"
+                f"  ({time.perf_counter() - started:.0f} s)"
             )
             print(f"        commits: {batches:.0f}, slower than {slow}")
         if args.perf or args.pyspy:
