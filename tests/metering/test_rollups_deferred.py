@@ -18,18 +18,19 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from test_rollups import BASE, ENERGY, POWER, row, stored_vs_recomputed
+from test_rollups import BASE, ENERGY, POWER, assert_keyed, row, stored_vs_recomputed
 
 from chargegrid import admin
 from chargegrid.metering import rollups as rollups_module
 from chargegrid.metering.rollups import RollupMaintainer, rebuild
 from chargegrid.store import charge_points as cp_store
 from chargegrid.store import rollups as rollup_store
+from chargegrid.store import value_keys
 from chargegrid.store.database import create_engine, writing
 from chargegrid.store.group_commit import GroupCommitter, StoreUnavailable
 from chargegrid.store.migrate import upgrade
 from chargegrid.store.sqlite_writer import SqliteWriter, database_path
-from chargegrid.store.tables import charge_points, meter_values
+from chargegrid.store.tables import charge_points, meter_values, rollup_watermark
 
 
 @pytest.fixture
@@ -261,4 +262,51 @@ async def test_a_merge_round_cut_short_counts_each_value_once(
         await assert_exact(engine)
     writer, sink = await running(engine)  # a start: recovery
     await writer.stop()
+    await assert_exact(engine)
+
+
+async def test_the_key_fill_looks_up_what_the_writer_thread_stored(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key fill's rounds in the writer thread take their values' ids from what it stored
+    (store/value_keys.KeyQueue) instead of scanning; values stored the usual way in between
+    (a unit's) are keyed all the same."""
+    monkeypatch.setattr(value_keys, "SLICE_VALUES", 4)  # rounds of several slices
+    a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
+    thread = writer_thread(engine)
+    # Rounds (and merges) every 20 ms: the slices of a round spread over it.
+    writer, sink = await running(engine, thread=thread, merge_interval=0.02)
+    queue = sink.key_queue
+    minute = 0
+
+    async def batches(count: int) -> None:
+        nonlocal minute
+        for _ in range(count):
+            minute += 1
+            await asyncio.gather(
+                writer.insert(
+                    sink.insert, [row(a, 1, minute, m, 1.0 * minute) for m in (ENERGY, POWER)]
+                ),
+                writer.insert(sink.insert, [row(b, 1, minute, ENERGY, 2.0 * minute, tx=7)]),
+            )
+            await asyncio.sleep(0.004)
+
+    try:
+        await batches(60)
+        listed = queue.listed_rounds
+        assert listed >= 3
+        await writer.run(
+            lambda c: writer.write_rows(c, sink.insert, [row(a, 2, minute, ENERGY, 5.0)])
+        )
+        async with engine.connect() as connection:
+            usual = await connection.scalar(select(func.max(meter_values.c.id)))
+        await batches(60)
+        assert queue.listed_rounds > listed
+    finally:
+        await writer.stop()
+        await thread.close()
+    async with engine.connect() as connection:
+        keyed = await connection.scalar(select(rollup_watermark.c.keyed_id))
+        assert keyed is not None and usual is not None and keyed > usual  # keyed past it
+        await assert_keyed(connection, [a, b])
     await assert_exact(engine)

@@ -367,12 +367,14 @@ async def test_the_written_out_register_window_equals_the_general_one(database_u
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("queued", [False, True], ids=["scanned", "queued"])
 async def test_the_fill_keys_a_slice_per_call_and_moves_the_watermark_last(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, queued: bool
 ) -> None:
     """fill_step on the writer thread's kind of connection (plain sqlite3): a round takes the
     values stored when it starts, keys one slice of charge points (id modulo slices) per call
-    at its due time, spread over the interval, and moves the key watermark with the last."""
+    at its due time, spread over the interval, and moves the key watermark with the last.
+    Queued: the same, each slice looking up the ids a KeyQueue holds instead of scanning."""
     monkeypatch.setattr(value_keys, "SLICE_VALUES", 25)
     engine, ids = await _engine_with_values(database_url, 30)  # 270 values, 1/3 above
     await engine.dispose()
@@ -380,9 +382,21 @@ async def test_the_fill_keys_a_slice_per_call_and_moves_the_watermark_last(
     assert path is not None
     connection = sqlite3.connect(path, isolation_level=None)
     try:
+        scans = 0
 
         def execute(sql: str, parameters: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+            nonlocal scans
+            scans += sql in value_keys._SLICE
             return connection.execute(sql, parameters).fetchall()
+
+        queue = value_keys.KeyQueue() if queued else None
+        if queue is not None:
+            stored = execute(
+                "SELECT id, charge_point_id FROM meter_values WHERE id > "
+                "(SELECT keyed_id FROM rollup_watermark) ORDER BY id",
+                (),
+            )
+            queue.add(stored[0][0], [charge_point for _id, charge_point in stored])
 
         def keyed_id() -> int:
             return int(execute("SELECT keyed_id FROM rollup_watermark", ())[0][0])
@@ -398,7 +412,7 @@ async def test_the_fill_keys_a_slice_per_call_and_moves_the_watermark_last(
         newest = int(execute("SELECT max(id) FROM meter_values", ())[0][0])
         assert newest - start == 90
         connection.execute("BEGIN IMMEDIATE")
-        state = value_keys.fill_step(execute, value_keys.KeyFill(start), 100.0, 1.0)
+        state = value_keys.fill_step(execute, value_keys.KeyFill(start), 100.0, 1.0, queue)
         connection.execute("COMMIT")
         assert (state.target, state.slices, state.done) == (newest, 4, 1)  # 90 / 25 -> 4
         assert keyed_id() == start  # not until the last slice
@@ -441,5 +455,37 @@ async def test_the_fill_keys_a_slice_per_call_and_moves_the_watermark_last(
         assert value_keys.fill_step(execute, state, 102.5, 1.0) == value_keys.KeyFill(
             newest + 1, started=102.5, last=101.0
         )
+        # Queued, the first round looked its values up; the second was not in the queue.
+        assert scans == (2 if queued else 2 * 5)
     finally:
         connection.close()
+
+
+def test_a_key_queue_lists_a_round_only_if_it_holds_every_id_of_it() -> None:
+    """KeyQueue: the ids of contiguous inserts by charge point (slice: id modulo slices); a
+    gap (values stored another way), an id given again (a rolled-back transaction's) or a
+    round that starts below what it holds makes the round scan instead."""
+    queue = value_keys.KeyQueue()
+    queue.add(1, [10, 11, 10])  # ids 1-3
+    queue.add(4, [11])
+    queue.add(5, [12])  # above the round below: kept for the next
+    assert queue.take(0, 4, 2) == ("[1,3]", "[2,4]")
+    assert queue.take(4, 5, 3) == ("[5]", "[]", "[]")
+    queue.add(6, [10, 10])
+    queue.add(9, [11])  # 7 and 8 came another way
+    assert queue.take(5, 9, 1) is None
+    queue.add(10, [11])
+    assert queue.take(9, 10, 1) == ("[10]",)
+    queue.add(11, [10, 11])  # rolled back; then 11 is stored another way, 12 here again
+    queue.add(12, [10])
+    assert queue.take(10, 12, 1) is None
+    queue.add(13, [10, 11])  # rolled back, then given again: a row says whose it is
+    queue.add(13, [12, 11])
+    assert queue.take(12, 14, 2) == ("[13]", "[14]")
+    # A round whose start is below what is held (its ids were taken by a round that then
+    # rolled back) scans; one starting where the queue starts skips ids already keyed.
+    queue.add(15, [10, 10, 10])
+    assert queue.take(13, 17, 1) is None
+    queue.add(18, [10, 10])
+    assert queue.take(18, 19, 1) == ("[19]",)
+    assert (queue.listed_rounds, queue.scanned_rounds) == (5, 3)

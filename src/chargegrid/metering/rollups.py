@@ -38,6 +38,7 @@ from chargegrid.store import rollups as rollup_store
 from chargegrid.store.database import writing
 from chargegrid.store.group_commit import GroupCommitter
 from chargegrid.store.meter_batch import (
+    RETURNED_COLUMNS,
     ROLLUP_COLUMNS,
     Inserted,
     MeterBatch,
@@ -48,9 +49,11 @@ from chargegrid.store.meter_batch import (
 from chargegrid.store.rollups import DAY, HOUR, Reading, SeriesKey
 from chargegrid.store.sqlite_writer import Abandon, SqliteWriter
 from chargegrid.store.tables import meter_rollups
-from chargegrid.store.value_keys import KeyFill, fill_step, fill_step_on, key_values
+from chargegrid.store.value_keys import KeyFill, KeyQueue, fill_step, fill_step_on, key_values
 
 log = logging.getLogger(__name__)
+
+_CHARGE_POINT = RETURNED_COLUMNS.index("charge_point_id")  # in an inserted row
 
 # (charge point id, measurand, resolution, bucket, connector id, phase or "", location): the
 # primary key of meter_rollups, in its order.
@@ -359,6 +362,9 @@ class RollupMaintainer:
         # read yet) and the one the open batch leaves, adopted when it commits.
         self._keys: KeyFill | None = None
         self._next_keys: KeyFill | None = None
+        self.key_queue = (
+            KeyQueue()
+        )  # the writer thread's ids for the key fill (store/value_keys.py)
         # The latest register reading of each series as of the open transaction (None: the
         # series has none), by charge point. Only a cache: what is missing is read back.
         self._latest: dict[int, dict[SeriesKey, Reading | None]] = {}
@@ -543,10 +549,13 @@ class RollupMaintainer:
         if starting:
             round_ = _Round.of(list(self._uncounted.values()))
         above = max(self._counted_to(), keys.covered)
+        queue = self.key_queue
 
         def work(connection: sqlite3.Connection) -> tuple[Inserted, int, int, KeyFill]:
             up_to = rollup_store.newest_id_sync(connection) if starting else 0
             result = batch.insert_sync(connection, rows, above=above)
+            if result.rows:
+                queue.add(result.first_id, [row[_CHARGE_POINT] for row in result.rows])
             merged = 0
             if round_ is not None:
                 up_to = up_to if starting else round_.up_to
@@ -571,7 +580,7 @@ class RollupMaintainer:
                 return connection.execute(sql, parameters).fetchall()
 
             # Not both in one commit: each is a pause of its own (docs/benchmarks.md).
-            filled = keys if round_ is not None else fill_step(execute, keys, now, interval)
+            filled = keys if round_ is not None else fill_step(execute, keys, now, interval, queue)
             return result, up_to, merged, filled
 
         try:

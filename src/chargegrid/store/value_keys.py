@@ -30,8 +30,9 @@ optoverview.html, "Disqualifying WHERE clause terms using unary-+"). Tests check
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -255,6 +256,9 @@ _FILLS = (
 )
 _WHOLE = tuple(sql.format(slice="") for sql in _FILLS)
 _SLICE = tuple(sql.format(slice=" AND charge_point_id % ? = ?") for sql in _FILLS)
+# A slice whose ids the writer thread noted (:class:`KeyQueue`): one JSON array of ids, each
+# found by rowid (the plan: tests/store/test_value_keys.py); the round's bounds still apply.
+_LISTED = tuple(sql.format(slice=" AND id IN (SELECT value FROM json_each(?))") for sql in _FILLS)
 _NEWEST = "SELECT coalesce(max(id), 0) FROM meter_values"
 _MOVE = "UPDATE rollup_watermark SET keyed_id = max(keyed_id, ?)"
 
@@ -278,6 +282,9 @@ class KeyFill:
     slices: int = 0
     started: float = -math.inf  # when the round started (monotonic seconds)
     last: float = -math.inf  # when its last slice ran
+    # Each slice's ids as a JSON array, when the round took them from a KeyQueue; None: the
+    # slices find their values by scanning the round's ids for their charge points.
+    listed: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
 
     @property
     def covered(self) -> int:
@@ -287,7 +294,75 @@ class KeyFill:
         return self.keyed if self.target is None else self.target
 
 
-def fill_step(execute: Execute, state: KeyFill, now: float, interval: float) -> KeyFill:
+class KeyQueue:
+    """The ids of the values the writer thread stored, by charge point, for the key fill's next
+    round: its slices then find their values by id instead of each scanning all of the round's
+    values for its charge points. Scanning made the fill quadratic in the rate (a round of N
+    values in N / :data:`SLICE_VALUES` slices reads N values per slice): at ~8,000 messages/s
+    the fill was 15 % of the server's CPU, ~60 % of it these scans (docs/benchmarks.md,
+    session 10).
+
+    Only the writer thread uses it, and only as a shortcut: it holds every id in
+    ``(low, high]`` or says it does not (:meth:`take` returns None and the round scans). Ids it
+    lists but the database does not hold (a rolled-back transaction's) cost a lookup; a value
+    is keyed by what its row says, whichever charge point the queue noted for it."""
+
+    def __init__(self) -> None:
+        self._by_charge_point: dict[int, list[int]] = {}
+        self._low = 0  # every id in (low, high] is listed
+        self._high = 0
+        self.listed_rounds = 0  # rounds that took their ids from here
+        self.scanned_rounds = 0  # ... that had to scan instead
+
+    def add(self, first_id: int, charge_points: Sequence[int]) -> None:
+        """Values just stored with the ids ``first_id, first_id + 1, ...``, of these charge
+        points in that order (one writer: a transaction's new rows have consecutive ids)."""
+        if not charge_points:
+            return
+        if first_id != self._high + 1:
+            # Values stored another way in between, a reused id, or a transaction rolled back
+            # after it was noted: what is listed no longer says which ids exist. Start again.
+            self._by_charge_point.clear()
+            self._low = first_id - 1
+        by_charge_point = self._by_charge_point
+        for row_id, charge_point_id in enumerate(charge_points, first_id):
+            ids = by_charge_point.get(charge_point_id)
+            if ids is None:
+                by_charge_point[charge_point_id] = [row_id]
+            else:
+                ids.append(row_id)
+        self._high = first_id + len(charge_points) - 1
+
+    def take(self, above: int, up_to: int, slices: int) -> tuple[str, ...] | None:
+        """The ids in ``(above, up_to]`` by slice (charge point id modulo ``slices``), each a
+        JSON array; None if the queue does not hold them all. Either way it forgets the ids up
+        to ``up_to``: the round keys them."""
+        listed = self._low <= above and self._high >= up_to
+        parts: list[list[int]] = [[] for _ in range(slices)]
+        keep: dict[int, list[int]] = {}
+        for charge_point_id, ids in self._by_charge_point.items():
+            cut = bisect_right(ids, up_to)
+            if cut < len(ids):
+                keep[charge_point_id] = ids[cut:]
+            if listed and cut:
+                parts[charge_point_id % slices] += ids[bisect_right(ids, above, 0, cut) : cut]
+        self._by_charge_point = keep
+        self._low = max(self._low, up_to)
+        self._high = max(self._high, self._low)
+        if not listed:
+            self.scanned_rounds += 1
+            return None
+        self.listed_rounds += 1
+        return tuple("[" + ",".join(map(str, part)) + "]" for part in parts)
+
+
+def fill_step(
+    execute: Execute,
+    state: KeyFill,
+    now: float,
+    interval: float,
+    queue: KeyQueue | None = None,
+) -> KeyFill:
     """Run the fill's slice that is due at ``now``, if any, and return the new state.
 
     A round starts once ``interval`` has passed since the previous one: it takes the values
@@ -295,7 +370,8 @@ def fill_step(execute: Execute, state: KeyFill, now: float, interval: float) -> 
     :data:`SLICE_VALUES` values) and runs slice *j* at ``started + j * interval / slices``, one
     per call, and never sooner than half that spacing after the slice before it: behind time
     (the event loop or the disk stalled) it catches up gradually rather than adding a slice to
-    every commit of the backlog. The last one moves the key watermark."""
+    every commit of the backlog. The last one moves the key watermark. With a ``queue`` that
+    holds the round's ids, each slice looks up its own ids rather than scanning the round's."""
     if state.target is None:
         if now - state.started < interval:
             return state
@@ -303,14 +379,19 @@ def fill_step(execute: Execute, state: KeyFill, now: float, interval: float) -> 
         if newest <= state.keyed:
             return replace(state, started=now)
         slices = min(MAX_SLICES, max(1, math.ceil((newest - state.keyed) / SLICE_VALUES)))
-        state = KeyFill(state.keyed, target=int(newest), slices=slices, started=now)
+        listed = queue.take(state.keyed, int(newest), slices) if queue is not None else None
+        state = KeyFill(state.keyed, target=int(newest), slices=slices, started=now, listed=listed)
     else:
         spacing = interval / state.slices
         if now < max(state.started + state.done * spacing, state.last + spacing / 2):
             return state
     assert state.target is not None
-    for sql in _SLICE:
-        execute(sql, (state.keyed, state.target, state.slices, state.done))
+    if state.listed is None:
+        for sql in _SLICE:
+            execute(sql, (state.keyed, state.target, state.slices, state.done))
+    elif state.listed[state.done] != "[]":
+        for sql in _LISTED:
+            execute(sql, (state.keyed, state.target, state.listed[state.done]))
     if state.done + 1 < state.slices:
         return replace(state, done=state.done + 1, last=now)
     execute(_MOVE, (state.target,))
