@@ -232,6 +232,7 @@ class ChargeGrid:
             handshake_timeout=settings.handshake_timeout,
             reject_before_accepted=settings.reject_calls_before_accepted,
             observer=self.observer,
+            nowait=self.dispatcher.nowait,
         )
         self.commands = CommandService(
             engine=self.engine,

@@ -269,6 +269,47 @@ async def test_r6_duplicate_in_flight_id_gets_protocol_error(settings: Settings)
         assert await srv.scalar("SELECT vendor FROM charge_points") == "V"
 
 
+@pytest.mark.parametrize("linger", [5.0, 0.05], ids=["worker-waits", "worker-ends"])
+async def test_one_call_at_a_time_when_meter_values_are_answered_without_a_worker(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, linger: float
+) -> None:
+    """OCPP-J 1.6 §4.1.1: CALLs are handled one at a time, in order. MeterValues are
+    answered from the group commit's callback, without the connection's worker task; a CALL
+    sent meanwhile (a Heartbeat, answered at once otherwise) waits until the MeterValues is
+    answered, also when the idle worker's linger ends in between ("worker-ends")."""
+    monkeypatch.setattr(connection_module, "WORKER_LINGER", linger)
+    custom = settings.model_copy(update={"commit_interval_ms": 300.0})
+    meter = {
+        "connectorId": 1,
+        "meterValue": [
+            {
+                "timestamp": "2026-11-24T01:00:00Z",
+                "sampledValue": [{"value": "10", "measurand": "Energy.Active.Import.Register"}],
+            }
+        ],
+    }
+    async with running_server(custom) as srv:
+        await srv.add_charge_point("CP1")
+        async with raw_socket(srv, "CP1") as ws:
+            reply = await exchange(ws, [2, "boot", "BootNotification", BOOT])  # the worker's
+            assert reply[2]["status"] == "Accepted"
+            connection = await live_connection(srv, "CP1")
+            await ws.send(json.dumps([2, "mv", "MeterValues", meter]))
+            for _ in range(100):  # taken without the worker, waiting for its commit
+                if connection._in_flight is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert connection._in_flight is not None
+            await ws.send(json.dumps([2, "hb", "Heartbeat", {}]))
+            await asyncio.sleep(0.1)  # longer than the short linger
+            assert connection._calls is not None and len(connection._calls) == 1
+            replies = [await recv_json(ws), await recv_json(ws)]
+            assert [reply[:2] for reply in replies] == [[3, "mv"], [3, "hb"]]
+            assert replies[0][2] == {}
+            await heartbeat_works(ws)
+        assert await srv.scalar("SELECT count(*) FROM meter_values") == 1
+
+
 # --- R7 ------------------------------------------------------------------------------------------
 
 

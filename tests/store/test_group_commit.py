@@ -377,3 +377,88 @@ async def test_plain_statements_commit_with_the_batch_and_a_failing_one_fails_al
             select(id_tags.c.created_at).where(id_tags.c.id_tag == "S2")
         )
     assert created == NOW
+
+
+async def test_insert_nowait_calls_back_once_after_the_commit(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """insert_nowait: the callback is told None once the batch is committed (the rows are
+    visible), never before the call returns; a callback that raises keeps no other from its
+    answer. Without rows, room or a running writer it takes nothing (False)."""
+    writer: GroupCommitter = await writer_factory(interval=0.05)
+    told: list[tuple[str, Exception | None]] = []
+
+    def done(name: str) -> Any:
+        def callback(error: Exception | None) -> None:
+            told.append((name, error))
+            if name == "raises":
+                raise RuntimeError("a caller's bug")
+
+        return callback
+
+    assert writer.insert_nowait(TAG_INSERT, [tag_row("A")], done("a"))
+    assert writer.insert_nowait(TAG_INSERT, [tag_row("B")], done("raises"))
+    assert writer.insert_nowait(TAG_INSERT, [tag_row("C")], done("c"))
+    assert told == []  # queued, not committed
+    assert not writer.insert_nowait(TAG_INSERT, [], done("none"))
+    for _ in range(100):
+        if len(told) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert told == [("a", None), ("raises", None), ("c", None)]
+    assert await tags(engine) == ["A", "B", "C"]
+    assert writer.stats.batches == 1 and writer.queued == 0
+    await asyncio.sleep(0.1)
+    assert len(told) == 3  # once each
+    await writer.stop()
+    assert not writer.insert_nowait(TAG_INSERT, [tag_row("D")], done("stopped"))
+    small: GroupCommitter = await writer_factory(interval=10, queue_limit=2)
+    assert small.insert_nowait(TAG_INSERT, [tag_row("E"), tag_row("F")], done("e"))
+    assert not small.insert_nowait(TAG_INSERT, [tag_row("G")], done("full"))  # insert() waits
+    assert [name for name, _ in told] == ["a", "raises", "c"]
+
+
+async def test_insert_nowait_is_told_of_a_failed_or_stalled_batch_once(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """A batch that cannot commit tells its callbacks StoreUnavailable; one past the wait
+    timeout tells them then, and not again when it commits later."""
+    writer: GroupCommitter = await writer_factory(interval=0.001, wait_timeout=0.3)
+    told: list[Exception | None] = []
+    release = asyncio.Event()
+
+    async def failing(connection: AsyncConnection) -> None:
+        await connection.execute(text("PRAGMA defer_foreign_keys = ON"))
+        await connection.execute(
+            text(
+                "INSERT INTO connectors (charge_point_id, connector_id, status, error_code, "
+                "updated_at) VALUES (999, 1, 'Available', 'NoError', '2024-01-01 00:00:00')"
+            )
+        )
+
+    unit = asyncio.create_task(writer.run(failing))
+    assert writer.insert_nowait(TAG_INSERT, [tag_row("LOST")], told.append)
+    with pytest.raises(StoreUnavailable):
+        await unit
+    assert len(told) == 1 and isinstance(told[0], StoreUnavailable)
+    assert await tags(engine) == []
+
+    async def stalled(connection: AsyncConnection) -> None:
+        await release.wait()  # stands in for a statement the database never answers
+
+    first = asyncio.create_task(writer.run(stalled))
+    await asyncio.sleep(0.05)  # the stalled batch is being written
+    assert writer.insert_nowait(TAG_INSERT, [tag_row("QUEUED")], told.append)
+    await asyncio.sleep(0.5)
+    assert len(told) == 2 and isinstance(told[1], StoreUnavailable)
+    assert "did not commit within 0.3 s" in str(told[1])
+    release.set()
+    with pytest.raises(StoreUnavailable):
+        await first
+    for _ in range(100):  # kept: it commits once the database answers
+        if await tags(engine) == ["QUEUED"]:
+            break
+        await asyncio.sleep(0.02)
+    assert await tags(engine) == ["QUEUED"]
+    await asyncio.sleep(0.05)
+    assert len(told) == 2  # not told again

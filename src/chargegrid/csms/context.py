@@ -14,7 +14,7 @@ from chargegrid.clock import Clock
 from chargegrid.config import Settings
 from chargegrid.csms.decisions import BootPolicy, IdTagAuthorizer
 from chargegrid.csms.liveness import Liveness
-from chargegrid.store.group_commit import GroupCommitter
+from chargegrid.store.group_commit import Done, GroupCommitter
 
 
 @dataclass(slots=True)
@@ -61,3 +61,6 @@ class Context:
 
 Handler = Callable[[Context, dict[str, Any]], Awaitable[dict[str, Any]]]
 DataTransferHandler = Handler
+# The same without a coroutine, for the hot path: the response to send once ``done`` (a
+# GroupCommitter Done) is called with None, or None: not taken, the CALL goes to the Handler.
+NowaitHandler = Callable[[Context, dict[str, Any], Done], "dict[str, Any] | None"]

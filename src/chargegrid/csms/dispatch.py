@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from chargegrid.csms.context import Context, Handler
-from chargegrid.csms.routes import ROUTES
+from chargegrid.csms.context import Context, Handler, NowaitHandler
+from chargegrid.csms.routes import NOWAIT_ROUTES, ROUTES
 from chargegrid.hooks import HookContext, Hooks
 from chargegrid.ocpp.errors import ErrorCode, OcppError
 from chargegrid.ocpp.validation import validate_response
@@ -23,10 +23,45 @@ class Dispatcher:
         *,
         hooks: Hooks | None = None,
         node: Any = None,
+        nowait_routes: Mapping[str, NowaitHandler] = NOWAIT_ROUTES,
     ) -> None:
         self.routes = dict(routes)
+        # Only where the route is the built-in one: routes given with another handler for an
+        # action get that handler called for every CALL of it.
+        self.nowait_routes = {
+            action: handler
+            for action, handler in nowait_routes.items()
+            if self.routes.get(action) is ROUTES.get(action)
+        }
         self.hooks = hooks or Hooks()
         self.node = node  # handed to hooks as HookContext.node
+
+    def nowait(
+        self,
+        context: Context,
+        action: str,
+        payload: dict[str, Any],
+        done: Callable[[OcppError | None], None],
+    ) -> dict[str, Any] | None:
+        """Answer a CALL without a coroutine where its action allows (csms/routes.py
+        NOWAIT_ROUTES) and no hook is around it: the response to send once ``done`` is called
+        with None, or an OcppError instead; None: not taken, await :meth:`__call__`."""
+        handler = self.nowait_routes.get(action)
+        hooks = self.hooks
+        if handler is None or hooks.has_before(action) or hooks.has_after(action):
+            return None
+
+        def ended(failure: Exception | None) -> None:
+            if failure is None:
+                done(None)
+                return
+            # As __call__ does: a warning per charge point, no trace (a database outage).
+            log.warning("%s: %s not stored: %s", context.charge_point.identity, action, failure)
+            error = OcppError(ErrorCode.INTERNAL_ERROR, "internal error")
+            error.__cause__ = failure
+            done(error)
+
+        return handler(context, payload, ended)
 
     async def __call__(
         self, context: Context, action: str, payload: dict[str, Any]

@@ -12,9 +12,24 @@ from chargegrid.clock import isoformat_z
 from chargegrid.csms.context import Context
 from chargegrid.metering.normalise import sampled_value_rows
 from chargegrid.metering.rollups import RollupMaintainer
+from chargegrid.store.group_commit import Done
 
 
-async def meter_values(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+def meter_values_nowait(ctx: Context, request: dict[str, Any], done: Done) -> dict[str, Any] | None:
+    """The common case without a coroutine: the rows go to the group commit, which calls
+    ``done`` when their batch has ended (csms/context.NowaitHandler). Not taken (None) when
+    someone follows the charge point's values live (they are published after the commit, by
+    :func:`meter_values`) or the writer has no room (there the charge point waits)."""
+    services = ctx.services
+    charge_point = ctx.charge_point
+    channel = channels.charge_point(charge_point.identity, channels.METER_VALUES)
+    if services.bus.has_subscribers(channel):
+        return None
+    rows = _rows(ctx, request)
+    return {} if services.writer.insert_nowait(services.meter_insert, rows, done) else None
+
+
+def _rows(ctx: Context, request: dict[str, Any]) -> list[dict[str, Any]]:
     services = ctx.services
     charge_point = ctx.charge_point
     rows = sampled_value_rows(
@@ -25,6 +40,13 @@ async def meter_values(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
         # Rollups cache each register's latest reading; a new connection may mean another node
         # wrote in between (issue 4, metering/rollups.py).
         sink.connection_seen(charge_point.id, ctx)
+    return rows
+
+
+async def meter_values(ctx: Context, request: dict[str, Any]) -> dict[str, Any]:
+    services = ctx.services
+    charge_point = ctx.charge_point
+    rows = _rows(ctx, request)
     await services.writer.insert(services.meter_insert, rows)
     channel = channels.charge_point(charge_point.identity, channels.METER_VALUES)
     if services.bus.has_subscribers(channel):

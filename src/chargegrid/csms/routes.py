@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from chargegrid.csms import authorize, boot, data_transfer, meter_values, notifications, status
 from chargegrid.csms import transactions as transaction_handlers
-from chargegrid.csms.context import Handler
+from chargegrid.csms.context import Handler, NowaitHandler
 
 ROUTES: Mapping[str, Handler] = {
     "Authorize": authorize.authorize,
@@ -24,4 +24,10 @@ ROUTES: Mapping[str, Handler] = {
     "SignCertificate": data_transfer.sign_certificate,
     "LogStatusNotification": notifications.log_status_notification,
     "SignedFirmwareStatusNotification": notifications.signed_firmware_status_notification,
+}
+
+# Actions whose common case can be answered without a coroutine (csms/context.NowaitHandler);
+# each also has its Handler above, which takes every case.
+NOWAIT_ROUTES: Mapping[str, NowaitHandler] = {
+    "MeterValues": meter_values.meter_values_nowait,
 }

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 from sqlalchemy.exc import DBAPIError
 
 from chargegrid.gateway.admission import SUBPROTOCOL, Admission, Admitted, Handshake, Refused
-from chargegrid.gateway.connection import ChargePointConnection, Dispatch
+from chargegrid.gateway.connection import ChargePointConnection, Dispatch, Nowait
 from chargegrid.gateway.observer import NO_OBSERVER, ConnectionObserver
 from chargegrid.gateway.registry import ConnectionRegistry
 from chargegrid.gateway.uvicorn_protocol import DIRECT_TEXT, TextSink
@@ -89,10 +89,12 @@ class OcppGateway:
         reject_before_accepted: bool = True,
         prefix: str = "/ocpp/",
         observer: ConnectionObserver = NO_OBSERVER,
+        nowait: Nowait | None = None,
     ) -> None:
         self.admission = admission
         self.registry = registry
         self._dispatch = dispatch
+        self._nowait = nowait  # the hot path's answers without a coroutine, where allowed
         self._context_factory = context_factory
         self._supported = frozenset(supported)
         self._presence = presence
@@ -182,6 +184,7 @@ class OcppGateway:
             self._dispatch,
             lambda: presence.activity(connection),
             self._observer,
+            self._nowait,
         )
         replaced = self.registry.register(connection)
         if replaced is not None:

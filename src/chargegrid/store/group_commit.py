@@ -19,7 +19,8 @@ lost), so the early answer loses nothing.
 
 Each caller awaits a future of its own, which the writer resolves: a caller that goes away (its
 connection closed) cancels only its own wait, never its batch. One timer per batch enforces the
-bound; this is the hot path, so nothing here is per caller beyond that one future.
+bound; this is the hot path, so nothing here is per caller beyond that one future, or, for the
+busiest caller (MeterValues, :meth:`GroupCommitter.insert_nowait`), one callback instead.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Unit = Callable[[AsyncConnection], Awaitable[T]]
 Statement = tuple[str, tuple[Any, ...]]  # plain SQL with qmark parameters, and them
+# Told how a batch ended: None once committed, else the StoreUnavailable its callers get.
+Done = Callable[[Exception | None], None]
 
 
 class RowSink(Protocol):
@@ -102,6 +105,7 @@ class _Batch:
     units: list[tuple[Unit[Any], asyncio.Future[Any]]] = field(default_factory=list)
     statements: list[tuple[list[Statement], asyncio.Future[None]]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)  # for the rows
+    callbacks: list[Done] = field(default_factory=list)  # for rows given to insert_nowait
     items: int = 0
     deadline: asyncio.TimerHandle | None = None  # wait_timeout, from the first write
 
@@ -185,6 +189,26 @@ class GroupCommitter:
         self._added(batch, len(rows))
         await future
 
+    def insert_nowait(self, statement: Insert, rows: list[dict[str, Any]], done: Done) -> bool:
+        """Insert ``rows`` with ``statement`` in the next batch and call ``done`` once it has
+        ended (None: committed), never before this returns. False, with nothing done, if the
+        rows must take :meth:`insert` (none, no room, not running): only that one waits.
+
+        The hot path's way (csms/meter_values.py): a caller that awaits :meth:`insert` costs a
+        future, its resolution and a wake-up of the caller's task per message, ~8 us in all
+        (docs/benchmarks.md, session 10); a callback costs a call."""
+        if not rows or not self._room(len(rows)):
+            return False
+        batch = self._batch
+        bucket = batch.rows.get(statement)
+        if bucket is None:
+            batch.rows[statement] = list(rows)
+        else:
+            bucket.extend(rows)
+        batch.callbacks.append(done)
+        self._added(batch, len(rows))
+        return True
+
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` inside the next batch's transaction; return its result once committed."""
         if not self._room(1):
@@ -216,7 +240,7 @@ class GroupCommitter:
     def _expire(self, batch: _Batch) -> None:
         """The batch's ``wait_timeout`` passed: answer its callers now (module docstring)."""
         failure = StoreUnavailable(f"the database did not commit within {self._wait_timeout:g} s")
-        self.stats.timeouts += _fail(_futures(batch), failure)
+        self.stats.timeouts += _fail(_futures(batch), failure) + _call_back(batch, failure)
 
     async def write_rows(
         self, connection: AsyncConnection, statement: Insert, rows: list[dict[str, Any]]
@@ -365,6 +389,7 @@ class GroupCommitter:
         failure = StoreUnavailable(f"database write failed: {type(error).__name__}")
         failure.__cause__ = error
         _fail(_futures(batch), failure)
+        _call_back(batch, failure)
 
     def _committed(
         self,
@@ -384,6 +409,7 @@ class GroupCommitter:
         for waiter in batch.waiters:
             if not waiter.done():  # not answered by the deadline, not cancelled
                 waiter.set_result(None)
+        _call_back(batch, None)
         for future, ok, value in results:
             if future.done():
                 continue
@@ -425,6 +451,18 @@ def _statements_sync(
             connection.execute("RELEASE statements")
 
     return run
+
+
+def _call_back(batch: _Batch, failure: Exception | None) -> int:
+    """Tell the batch's callbacks how it ended, each once (not again after the deadline told
+    them); how many were told."""
+    callbacks, batch.callbacks = batch.callbacks, []
+    for done in callbacks:
+        try:
+            done(failure)
+        except Exception:  # one caller's bug must not keep the others from their answers
+            log.exception("a commit callback failed")
+    return len(callbacks)
 
 
 def _fail(futures: list[asyncio.Future[Any]], failure: Exception) -> int:
