@@ -52,14 +52,7 @@ class Dispatcher:
             return None
 
         def ended(failure: Exception | None) -> None:
-            if failure is None:
-                done(None)
-                return
-            # As __call__ does: a warning per charge point, no trace (a database outage).
-            log.warning("%s: %s not stored: %s", context.charge_point.identity, action, failure)
-            error = OcppError(ErrorCode.INTERNAL_ERROR, "internal error")
-            error.__cause__ = failure
-            done(error)
+            done(None if failure is None else _not_stored(context, action, failure))
 
         return handler(context, payload, ended)
 
@@ -72,10 +65,7 @@ class Dispatcher:
         try:
             return await self._handle(handler, context, action, payload)
         except StoreUnavailable as error:
-            # The writer logged the failed batch once; a trace per charge point would flood the
-            # log during a database outage. The CP keeps the message and retries (guarantee 1).
-            log.warning("%s: %s not stored: %s", context.charge_point.identity, action, error)
-            raise OcppError(ErrorCode.INTERNAL_ERROR, "internal error") from error
+            raise _not_stored(context, action, error) from error
 
     async def _handle(
         self, handler: Handler, context: Context, action: str, payload: dict[str, Any]
@@ -102,3 +92,13 @@ class Dispatcher:
                 raise RuntimeError("invalid response from a before hook") from error
         hooks.schedule_after(hook_context, payload, response)
         return response
+
+
+def _not_stored(context: Context, action: str, failure: Exception) -> OcppError:
+    """The CALLERROR for a CALL whose write failed (StoreUnavailable, or a commit callback's
+    failure). The writer logged the failed batch once; a trace per charge point would flood
+    the log during a database outage. The CP keeps the message and retries (guarantee 1)."""
+    log.warning("%s: %s not stored: %s", context.charge_point.identity, action, failure)
+    error = OcppError(ErrorCode.INTERNAL_ERROR, "internal error")
+    error.__cause__ = failure
+    return error

@@ -178,12 +178,7 @@ class GroupCommitter:
             return
         if not self._room(len(rows)):
             await self._admit(len(rows))
-        batch = self._batch
-        bucket = batch.rows.get(statement)
-        if bucket is None:
-            batch.rows[statement] = list(rows)
-        else:
-            bucket.extend(rows)
+        batch = self._rows_to_batch(statement, rows)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.waiters.append(future)
         self._added(batch, len(rows))
@@ -199,15 +194,20 @@ class GroupCommitter:
         (docs/benchmarks.md, session 10); a callback costs a call."""
         if not rows or not self._room(len(rows)):
             return False
+        batch = self._rows_to_batch(statement, rows)
+        batch.callbacks.append(done)
+        self._added(batch, len(rows))
+        return True
+
+    def _rows_to_batch(self, statement: Insert, rows: list[dict[str, Any]]) -> _Batch:
+        """Add ``rows`` to the open batch's rows of ``statement``; the batch."""
         batch = self._batch
         bucket = batch.rows.get(statement)
         if bucket is None:
             batch.rows[statement] = list(rows)
         else:
             bucket.extend(rows)
-        batch.callbacks.append(done)
-        self._added(batch, len(rows))
-        return True
+        return batch
 
     async def run(self, unit: Unit[T]) -> T:
         """Run ``unit`` inside the next batch's transaction; return its result once committed."""
