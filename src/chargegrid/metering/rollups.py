@@ -362,9 +362,8 @@ class RollupMaintainer:
         # read yet) and the one the open batch leaves, adopted when it commits.
         self._keys: KeyFill | None = None
         self._next_keys: KeyFill | None = None
-        self.key_queue = (
-            KeyQueue()
-        )  # the writer thread's ids for the key fill (store/value_keys.py)
+        # The ids the writer thread stored, for the key fill's slices (store/value_keys.py).
+        self.key_queue = KeyQueue()
         # The latest register reading of each series as of the open transaction (None: the
         # series has none), by charge point. Only a cache: what is missing is read back.
         self._latest: dict[int, dict[SeriesKey, Reading | None]] = {}
