@@ -67,6 +67,16 @@ def writer_thread(engine: AsyncEngine) -> SqliteWriter:
     return SqliteWriter(path)
 
 
+class StoppedClock:
+    """Stands in for the ``time`` module in metering/rollups.py: time moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 async def cp_id(engine: AsyncEngine, identity: str) -> int:
     async with engine.connect() as connection:
         value = await connection.scalar(
@@ -228,6 +238,10 @@ async def test_a_merge_round_cut_short_counts_each_value_once(
     the slices not merged; a rebuild in the middle counts the merged slices as counted; a
     reader's settle ends the round at once. Each value ends up counted exactly once."""
     monkeypatch.setattr(rollups_module, "MERGE_SLICE_ROWS", 1)  # a slice per rollup row
+    # The merge falls due when the test says, not when a slow machine's first batches took
+    # longer than the interval (a round then started early and ended before the checks below).
+    clock = StoppedClock()
+    monkeypatch.setattr(rollups_module, "time", clock)
     a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
     thread = writer_thread(engine)
     writer, sink = await running(engine, thread=thread, merge_interval=0.05)
@@ -237,7 +251,7 @@ async def test_a_merge_round_cut_short_counts_each_value_once(
                 sink.insert,
                 [row(a, 1, minute, ENERGY, 10.0 * minute), row(b, 1, minute, POWER, 7.0)],
             )
-        await asyncio.sleep(0.06)  # the merge is due: the next batch starts a round
+        clock.now += 0.06  # the merge is due: the next batch starts a round
         await writer.insert(sink.insert, [row(a, 1, 5, ENERGY, 100.0)])
         async with engine.connect() as connection:
             counted = await rollup_store.counted(connection)
