@@ -1,7 +1,7 @@
 """CPU per meter value of SQLite's insert under different index layouts (raw ``sqlite3``).
 
 ``python benchmarks/sqlite_index.py [layout ...] [--prefill 400] [--cache-kib 65536]
-[--transactions]``
+[--transactions] [--sliced] [--wal-frames]``
 
 The experiment behind migrations 0007-0009 (docs/benchmarks.md, "Where the time goes"): the
 ``meter_values`` table (ids; the transaction and timestamp indexes where the layout has them), 500
@@ -20,7 +20,19 @@ the process's CPU (user, system) and wall time per value. Layouts of the unique 
   at this load, as the rollup watermark advances);
 - ``ts+keys+tx``: migration 0009's: as ``ts+keys``, and the transaction index replaced the same
   way by ``meter_value_transaction_keys`` (transaction, timestamp, id) filled with the keys;
+- ``ts+runs+tx``: as ``ts+keys+tx``, each key a run of a message's consecutive ids
+  (charge point, timestamp, first id) with its last id, in both tables (the experiment of session
+  11: a third of the keys);
+- ``ts+keys+spans``: as ``ts+keys+tx``, the transaction keys replaced by one span per
+  (transaction, charge point): its first and last timestamp, moved by an upsert;
+- ``ts+runs+spans``: both;
+- ``ts+nofill``: the tables of ``ts+keys+tx`` never filled (what any key layout can save);
 - ``none``: no unique index at all (the floor).
+
+``--sliced`` fills as the server does (store/value_keys.fill_step): a round of 10 commits'
+values in 10 slices of charge points (id modulo 10), one per commit, instead of all at once every
+10 commits. ``--wal-frames`` turns SQLite's automatic checkpoint off for the measured commits and
+reports the WAL frames (pages) each commit wrote.
 """
 
 from __future__ import annotations
@@ -34,6 +46,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 REST = "connector_id, coalesce(transaction_id, 0), coalesce(phase, ''), location, format, context"
+SPANS_TABLE = (
+    "CREATE TABLE spans (transaction_id INTEGER, charge_point_id INTEGER, first_at TEXT,"
+    " last_at TEXT, PRIMARY KEY (transaction_id, charge_point_id)) WITHOUT ROWID"
+)
 LAYOUTS = {
     "cp-measurand-ts": [
         f"CREATE UNIQUE INDEX uq ON meter_values (charge_point_id, measurand, timestamp, {REST})"
@@ -61,27 +77,75 @@ LAYOUTS = {
         "CREATE TABLE transaction_keys (transaction_id INTEGER, timestamp TEXT, id INTEGER,"
         " charge_point_id INTEGER, PRIMARY KEY (transaction_id, timestamp, id)) WITHOUT ROWID",
     ],
+    "ts+runs+tx": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (timestamp, charge_point_id, measurand, {REST})",
+        "CREATE TABLE keys (charge_point_id INTEGER, timestamp TEXT, id INTEGER, last_id INTEGER,"
+        " PRIMARY KEY (charge_point_id, timestamp, id)) WITHOUT ROWID",
+        "CREATE TABLE transaction_keys (transaction_id INTEGER, timestamp TEXT, id INTEGER,"
+        " last_id INTEGER, charge_point_id INTEGER, PRIMARY KEY (transaction_id, timestamp, id))"
+        " WITHOUT ROWID",
+    ],
+    "ts+keys+spans": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (timestamp, charge_point_id, measurand, {REST})",
+        "CREATE TABLE keys (charge_point_id INTEGER, timestamp TEXT, id INTEGER,"
+        " PRIMARY KEY (charge_point_id, timestamp, id)) WITHOUT ROWID",
+        SPANS_TABLE,
+    ],
+    "ts+runs+spans": [
+        f"CREATE UNIQUE INDEX uq ON meter_values (timestamp, charge_point_id, measurand, {REST})",
+        "CREATE TABLE keys (charge_point_id INTEGER, timestamp TEXT, id INTEGER, last_id INTEGER,"
+        " PRIMARY KEY (charge_point_id, timestamp, id)) WITHOUT ROWID",
+        SPANS_TABLE,
+    ],
     "none": [],
 }
+LAYOUTS["ts+nofill"] = LAYOUTS["ts+keys+tx"]
+# The layouts without the transaction index (the keys or spans take its place), and those
+# without the separate time index (the sample index leads with time and serves retention).
+NO_TRANSACTION_INDEX = {"ts+keys+tx", "ts+runs+tx", "ts+keys+spans", "ts+runs+spans", "ts+nofill"}
+NO_TIME_INDEX = NO_TRANSACTION_INDEX | {"ts+keys"}
 # The layouts with a table filled in bulk, sorted, every 10 commits: the statement filling it
 # with the values whose ids are in (?, ?].
+# ``{slice}`` is empty, or (``--sliced``) a condition on the charge point id modulo 10.
 KEYS_FILL = (
     "INSERT INTO keys SELECT charge_point_id, timestamp, id"
-    " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3"
+    " FROM meter_values WHERE id > ? AND id <= ?{slice} ORDER BY 1, 2, 3"
+)
+TRANSACTION_KEYS_FILL = (
+    "INSERT INTO transaction_keys SELECT transaction_id, timestamp, id, charge_point_id"
+    " FROM meter_values WHERE id > ? AND id <= ?{slice} AND transaction_id IS NOT NULL"
+    " ORDER BY 1, 2, 3"
+)
+# A run per (charge point, timestamp): in this load a message's values share a timestamp that
+# no other message of the charge point has, so each group is one run of consecutive ids (the
+# server would have to split groups that are not).
+RUNS_FILL = (
+    "INSERT INTO keys SELECT charge_point_id, timestamp, min(id), max(id)"
+    " FROM meter_values WHERE id > ? AND id <= ?{slice} GROUP BY 1, 2 ORDER BY 1, 2"
+)
+TRANSACTION_RUNS_FILL = (
+    "INSERT INTO transaction_keys SELECT transaction_id, timestamp, min(id), max(id),"
+    " min(charge_point_id) FROM meter_values WHERE id > ? AND id <= ?{slice}"
+    " AND transaction_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+)
+SPANS_FILL = (
+    "INSERT INTO spans SELECT transaction_id, charge_point_id, min(timestamp), max(timestamp)"
+    " FROM meter_values WHERE id > ? AND id <= ?{slice} AND transaction_id IS NOT NULL"
+    " GROUP BY 1, 2 ORDER BY 1, 2 ON CONFLICT DO UPDATE SET"
+    " first_at = min(first_at, excluded.first_at), last_at = max(last_at, excluded.last_at)"
 )
 BULK_FILLS = {
     "ts+keys": [KEYS_FILL],
-    "ts+keys+tx": [
-        KEYS_FILL,
-        "INSERT INTO transaction_keys SELECT transaction_id, timestamp, id, charge_point_id"
-        " FROM meter_values WHERE id > ? AND id <= ? AND transaction_id IS NOT NULL"
-        " ORDER BY 1, 2, 3",
-    ],
+    "ts+keys+tx": [KEYS_FILL, TRANSACTION_KEYS_FILL],
+    "ts+runs+tx": [RUNS_FILL, TRANSACTION_RUNS_FILL],
+    "ts+keys+spans": [KEYS_FILL, SPANS_FILL],
+    "ts+runs+spans": [RUNS_FILL, SPANS_FILL],
     "ts+side": [
         "INSERT INTO side SELECT charge_point_id, measurand, timestamp, id"
-        " FROM meter_values WHERE id > ? AND id <= ? ORDER BY 1, 2, 3, 4"
+        " FROM meter_values WHERE id > ? AND id <= ?{slice} ORDER BY 1, 2, 3, 4"
     ],
 }
+SLICES = 10  # with --sliced: a round of SLICES commits' values, a slice per commit
 COLUMNS = (
     "charge_point_id, connector_id, transaction_id, timestamp, timestamp_raw, measurand, phase,"
     " location, context, unit, value, raw_value, raw_unit, format"
@@ -95,7 +159,15 @@ MESSAGES_PER_COMMIT = 650
 CHARGE_POINTS = 500
 
 
-def run(layout: str, prefill: int, cache_kib: int, directory: Path, transactions: bool) -> str:
+def run(
+    layout: str,
+    prefill: int,
+    cache_kib: int,
+    directory: Path,
+    transactions: bool,
+    sliced: bool = False,
+    wal_frames: bool = False,
+) -> str:
     path = directory / f"{layout}.db"
     db = sqlite3.connect(path, isolation_level=None)
     db.execute(f"PRAGMA cache_size=-{cache_kib}")
@@ -110,13 +182,17 @@ def run(layout: str, prefill: int, cache_kib: int, directory: Path, transactions
         " value FLOAT, raw_value TEXT NOT NULL, raw_unit VARCHAR(12) NOT NULL,"
         " format VARCHAR(12) NOT NULL)"
     )
-    if layout != "ts+keys+tx":  # 0009 dropped it on SQLite: transaction_keys instead
+    if layout not in NO_TRANSACTION_INDEX:  # 0009 dropped it on SQLite: transaction_keys
         db.execute("CREATE INDEX ix_tx ON meter_values (transaction_id, timestamp)")
-    if not layout.startswith("ts+keys"):  # 0008 dropped it: the sample index leads with time
+    if layout not in NO_TIME_INDEX:  # 0008 dropped it: the sample index leads with time
         db.execute("CREATE INDEX ix_ts ON meter_values (timestamp)")
     for statement in LAYOUTS[layout]:
         db.execute(statement)
-    state = {"at": datetime(2026, 1, 1), "next_cp": 0, "commits": 0, "indexed": 0}
+    state = {"at": datetime(2026, 1, 1), "next_cp": 0, "commits": 0, "indexed": 0, "target": 0}
+    fills = [
+        fill.format(slice=" AND charge_point_id % ? = ?" if sliced else "")
+        for fill in BULK_FILLS.get(layout, [])
+    ]
 
     def commits(count: int) -> None:
         for _ in range(count):
@@ -154,8 +230,14 @@ def run(layout: str, prefill: int, cache_kib: int, directory: Path, transactions
                     [value for row in chunk for value in row],
                 )
             state["commits"] += 1
-            fills = BULK_FILLS.get(layout, [])
-            if fills and state["commits"] % 10 == 0:
+            if fills and sliced:
+                part = state["commits"] % SLICES
+                if part == 0:  # a new round: the values up to now, keyed over the next commits
+                    state["indexed"] = state["target"]
+                    state["target"] = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
+                for fill in fills:
+                    db.execute(fill, (state["indexed"], state["target"], SLICES, part))
+            elif fills and state["commits"] % 10 == 0:
                 top = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
                 for fill in fills:
                     db.execute(fill, (state["indexed"], top))
@@ -163,16 +245,24 @@ def run(layout: str, prefill: int, cache_kib: int, directory: Path, transactions
             db.execute("COMMIT")
 
     commits(prefill)
+    if wal_frames:  # from an empty WAL that only grows: its size counts the frames written
+        db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     before, wall = os.times(), time.perf_counter()
     commits(60)
     after, wall = os.times(), time.perf_counter() - wall
     values = 60 * MESSAGES_PER_COMMIT * len(MEASURANDS)
     user = 1e6 * (after.user - before.user) / values
     system = 1e6 * (after.system - before.system) / values
+    frames = ""
+    if wal_frames:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        written = (os.path.getsize(f"{path}-wal") - 32) / (page_size + 24)  # header, frame headers
+        frames = f", WAL {written / 60:5.0f} pages/commit"
     db.close()
     return (
         f"{layout:16} CPU {user + system:5.1f} us/value (user {user:4.1f}, system {system:4.1f}),"
-        f" wall {1e6 * wall / values:5.1f} us/value"
+        f" wall {1e6 * wall / values:5.1f} us/value{frames}"
     )
 
 
@@ -187,13 +277,31 @@ def main() -> None:
         help="values carry a transaction id (one open session per charge point), as in a real "
         "fleet; by default none, as in the throughput benchmark",
     )
+    parser.add_argument(
+        "--sliced",
+        action="store_true",
+        help="fill the keys a slice of charge points per commit, as the server does",
+    )
+    parser.add_argument(
+        "--wal-frames",
+        action="store_true",
+        help="report the WAL pages each measured commit wrote (no automatic checkpoint then)",
+    )
     args = parser.parse_args()
     unknown = set(args.layouts) - set(LAYOUTS)
     if unknown:
         parser.error(f"unknown layout(s) {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as directory:
         for layout in args.layouts or list(LAYOUTS):
-            figure = run(layout, args.prefill, args.cache_kib, Path(directory), args.transactions)
+            figure = run(
+                layout,
+                args.prefill,
+                args.cache_kib,
+                Path(directory),
+                args.transactions,
+                args.sliced,
+                args.wal_frames,
+            )
             print(figure, flush=True)
 
 
