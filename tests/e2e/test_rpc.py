@@ -278,7 +278,6 @@ async def test_one_call_at_a_time_when_meter_values_are_answered_without_a_worke
     sent meanwhile (a Heartbeat, answered at once otherwise) waits until the MeterValues is
     answered, also when the idle worker's linger ends in between ("worker-ends")."""
     monkeypatch.setattr(connection_module, "WORKER_LINGER", linger)
-    custom = settings.model_copy(update={"commit_interval_ms": 300.0})
     meter = {
         "connectorId": 1,
         "meterValue": [
@@ -288,21 +287,39 @@ async def test_one_call_at_a_time_when_meter_values_are_answered_without_a_worke
             }
         ],
     }
-    async with running_server(custom) as srv:
+    async with running_server(settings) as srv:
         await srv.add_charge_point("CP1")
         async with raw_socket(srv, "CP1") as ws:
             reply = await exchange(ws, [2, "boot", "BootNotification", BOOT])  # the worker's
             assert reply[2]["status"] == "Accepted"
             connection = await live_connection(srv, "CP1")
-            await ws.send(json.dumps([2, "mv", "MeterValues", meter]))
-            for _ in range(100):  # taken without the worker, waiting for its commit
-                if connection._in_flight is not None:
-                    break
-                await asyncio.sleep(0.005)
-            assert connection._in_flight is not None
-            await ws.send(json.dumps([2, "hb", "Heartbeat", {}]))
-            await asyncio.sleep(0.1)  # longer than the short linger
-            assert connection._calls is not None and len(connection._calls) == 1
+            # The MeterValues' commit waits until the test lets it go, not for a commit
+            # interval (300 ms was a race: a slow machine could commit it before the Heartbeat
+            # was seen waiting behind it).
+            writer = srv.node.writer
+            commit, release = writer._commit, asyncio.Event()
+
+            async def held(batch: Any) -> None:
+                await release.wait()
+                await commit(batch)
+
+            monkeypatch.setattr(writer, "_commit", held)
+            try:
+                await ws.send(json.dumps([2, "mv", "MeterValues", meter]))
+                for _ in range(100):  # taken without the worker, waiting for its commit
+                    if connection._in_flight is not None:
+                        break
+                    await asyncio.sleep(0.005)
+                assert connection._in_flight is not None
+                await ws.send(json.dumps([2, "hb", "Heartbeat", {}]))
+                await asyncio.sleep(0.1)  # longer than the short linger
+                for _ in range(500):  # the Heartbeat has arrived: it waits, the commit held
+                    if connection._calls:
+                        break
+                    await asyncio.sleep(0.01)
+                assert connection._calls is not None and len(connection._calls) == 1
+            finally:
+                release.set()
             replies = [await recv_json(ws), await recv_json(ws)]
             assert [reply[:2] for reply in replies] == [[3, "mv"], [3, "hb"]]
             assert replies[0][2] == {}
@@ -662,7 +679,9 @@ async def test_one_worker_task_per_busy_connection_none_once_idle(
     """A connection's CALLs are handled by one task while they keep coming (a task per CALL
     cost ~8 % of the event loop's CPU); it ends once the connection has been quiet for
     WORKER_LINGER, and the next CALL starts another; closing ends a waiting one at once."""
-    monkeypatch.setattr(connection_module, "WORKER_LINGER", 0.3)
+    # Quiet gaps of 0.6 s against a linger of 1.0 s: each gap is well short of the linger (a slow
+    # machine's round trips fit in the 0.4 s left), while two together outlast it.
+    monkeypatch.setattr(connection_module, "WORKER_LINGER", 1.0)
     await server.add_charge_point("CP1")
     async with raw_socket(server, "CP1") as ws:
         await heartbeat_works(ws)
@@ -673,13 +692,13 @@ async def test_one_worker_task_per_busy_connection_none_once_idle(
         for _ in range(3):
             await heartbeat_works(ws)
             assert connection._worker is worker  # the same task, waiting in between
-        # The linger counts from the last CALL, not the first wait's timer: quiet for 0.2 s,
-        # one more CALL, 0.2 s again, and the worker is still there.
-        await asyncio.sleep(0.2)
-        await heartbeat_works(ws)
-        await asyncio.sleep(0.2)
-        assert not worker.done() and connection._worker is worker
+        # The linger counts from the last CALL, not the first wait's timer: quiet for 0.6 s,
+        # one more CALL, 0.6 s again, and the worker is still there.
         await asyncio.sleep(0.6)
+        await heartbeat_works(ws)
+        await asyncio.sleep(0.6)
+        assert not worker.done() and connection._worker is worker
+        await asyncio.sleep(1.0)
         assert worker.done() and connection._worker is None and connection._calls is None
         await heartbeat_works(ws)  # a new one
         waiting = connection._worker
