@@ -12,6 +12,8 @@ With ``CHARGEGRID_SCREENSHOTS=<dir>`` the tests also save the screenshots shown 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -46,7 +48,7 @@ PASSWORD = "correct horse battery"
 SCREENSHOTS = os.environ.get("CHARGEGRID_SCREENSHOTS")
 
 try:
-    from playwright.async_api import Browser, Page, async_playwright, expect
+    from playwright.async_api import Browser, Page, WebSocket, async_playwright, expect
 except ImportError:  # pragma: no cover - depends on the machine
     if IN_CI:
         raise
@@ -193,6 +195,11 @@ class Session:
     def __init__(self, page: Page, server: RunningServer) -> None:
         self.page = page
         self.server = server
+        # The server's answers ("subscribed", or an "error") to the subscribe messages on the
+        # page's live socket, counted as the browser receives them (see live()).
+        self._live_socket: WebSocket | None = None
+        self.live_answers = 0
+        page.on("websocket", self._watch)
         self.errors: list[str] = []
         page.on("pageerror", lambda error: self.errors.append(str(error)))
         page.on(
@@ -204,12 +211,33 @@ class Session:
         await self.page.goto(self.server.http_url + path)
         return self.page
 
+    def _watch(self, socket: WebSocket) -> None:
+        if "/api/v1/live" not in socket.url:
+            return
+        self._live_socket, self.live_answers = socket, 0  # a new page's live socket
+
+        def received(payload: str | bytes) -> None:
+            if socket is not self._live_socket:
+                return
+            with contextlib.suppress(ValueError):
+                message = json.loads(payload)
+                if isinstance(message, dict) and message.get("type") in ("subscribed", "error"):
+                    self.live_answers += 1
+
+        socket.on("framereceived", received)
+
     async def live(self) -> None:
-        """Wait until the live socket is open and its subscriptions were sent; the server
-        answers them before it handles later events of other connections only after a round
-        trip, which the short pause covers (the client does not report "subscribed")."""
+        """Wait until the live socket is open and the server has answered every subscription
+        the page sent (the client does not report "subscribed", but its socket receives it):
+        from then on the server delivers the events the page subscribed to. A fixed pause
+        was a race with a slow browser or server."""
         await expect(self.page.locator("#live-state")).to_have_attribute("data-state", "open")
-        await asyncio.sleep(0.3)
+        sent = await self.page.evaluate("window.chargegridDashboard.live._subscriptions.length")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while self.live_answers < sent:
+            assert loop.time() < deadline, f"{self.live_answers} of {sent} subscriptions answered"
+            await asyncio.sleep(0.02)
 
     async def snap(self, name: str) -> None:
         if SCREENSHOTS:
