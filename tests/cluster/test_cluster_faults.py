@@ -111,7 +111,11 @@ async def test_redis_down_nodes_serve_their_own_and_cross_node_fails_fast(
             # Events from A reach B's subscribers again.
             channel = channels.charge_point("CP1", channels.STATUS)
             subscription = await b.node.bus.subscribe([channel])
-            await asyncio.sleep(0.3)
+
+            async def heard_of() -> bool:  # A publishes to Redis once it knows of B's subscriber
+                return bool(a.node.bus.has_subscribers(channel))
+
+            await eventually(heard_of)
             await cp.call(
                 call.StatusNotification(
                     connector_id=1,
