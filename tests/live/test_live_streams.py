@@ -374,8 +374,11 @@ async def test_a_subscriber_that_never_reads_does_not_grow_memory(server: Runnin
     sock.setblocking(False)
     async with websockets.connect(url, sock=sock, max_queue=1) as ws:
         await ws.send(json.dumps({"type": "subscribe", "charge_point": "CP1"}))
-        await asyncio.sleep(0.2)
         hub = server.node.live
+        for _ in range(500):  # subscribed (a fixed pause was a race with a slow machine)
+            if any(hub._listeners.values()):
+                break
+            await asyncio.sleep(0.02)
         (subscriber,) = {s for subs in hub._listeners.values() for s in subs}
         # 50,000 meter values on 14 series (about 12 MB of events, more than any socket buffer
         # holds), published on the real bus the way the MeterValues handler publishes them.
