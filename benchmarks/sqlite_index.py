@@ -27,6 +27,10 @@ the process's CPU (user, system) and wall time per value. Layouts of the unique 
   (transaction, charge point): its first and last timestamp, moved by an upsert;
 - ``ts+runs+spans``: both;
 - ``ts+nofill``: the tables of ``ts+keys+tx`` never filled (what any key layout can save);
+- ``ts+rounds+tx``: the tables of ``ts+keys+tx``, filled late: every 10 commits one row per
+  charge point (charge point, round, its ids as a JSON array) in a table ``recent``, and each
+  commit one charge point's rows of the last 50 rounds moved into both key tables at once
+  (``--sliced`` does not apply; reads would take a third arm, through ``recent``);
 - ``none``: no unique index at all (the floor).
 
 ``--sliced`` fills as the server does (store/value_keys.fill_step): a round of 10 commits'
@@ -44,6 +48,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REST = "connector_id, coalesce(transaction_id, 0), coalesce(phase, ''), location, format, context"
 SPANS_TABLE = (
@@ -100,9 +105,22 @@ LAYOUTS = {
     "none": [],
 }
 LAYOUTS["ts+nofill"] = LAYOUTS["ts+keys+tx"]
+LAYOUTS["ts+rounds+tx"] = [
+    *LAYOUTS["ts+keys+tx"],
+    "CREATE TABLE recent (charge_point_id INTEGER, round INTEGER, ids TEXT,"
+    " PRIMARY KEY (charge_point_id, round)) WITHOUT ROWID",
+]
+COMPACT_ROUNDS = 50  # ts+rounds+tx: a charge point's keys are moved every 50 rounds (500 commits)
 # The layouts without the transaction index (the keys or spans take its place), and those
 # without the separate time index (the sample index leads with time and serves retention).
-NO_TRANSACTION_INDEX = {"ts+keys+tx", "ts+runs+tx", "ts+keys+spans", "ts+runs+spans", "ts+nofill"}
+NO_TRANSACTION_INDEX = {
+    "ts+keys+tx",
+    "ts+runs+tx",
+    "ts+keys+spans",
+    "ts+runs+spans",
+    "ts+nofill",
+    "ts+rounds+tx",
+}
 NO_TIME_INDEX = NO_TRANSACTION_INDEX | {"ts+keys"}
 # The layouts with a table filled in bulk, sorted, every 10 commits: the statement filling it
 # with the values whose ids are in (?, ?].
@@ -194,6 +212,35 @@ def run(
         for fill in BULK_FILLS.get(layout, [])
     ]
 
+    def rounds(state: dict[str, Any]) -> None:
+        """``ts+rounds+tx``: every 10 commits one row per charge point with the ids it stored
+        (appended under its own key, a small row), and each commit one charge point's rows of
+        the last COMPACT_ROUNDS rounds moved into both key tables at once."""
+        commit = state["commits"]
+        if commit % 10 == 0:
+            top = db.execute("SELECT max(id) FROM meter_values").fetchone()[0]
+            db.execute(
+                "INSERT INTO recent SELECT charge_point_id, ?, json_group_array(id)"
+                " FROM meter_values WHERE id > ? AND id <= ? GROUP BY 1 ORDER BY 1",
+                (commit, state["indexed"], top),
+            )
+            state["indexed"] = top
+        period = COMPACT_ROUNDS * 10  # commits
+        charge_point = [1 + commit % period * CHARGE_POINTS // period]
+        ids = "SELECT j.value FROM recent AS r, json_each(r.ids) AS j WHERE r.charge_point_id = ?"
+        db.execute(
+            "INSERT INTO keys SELECT charge_point_id, timestamp, id FROM meter_values"
+            f" WHERE id IN ({ids}) ORDER BY 1, 2, 3",
+            charge_point,
+        )
+        db.execute(
+            "INSERT INTO transaction_keys SELECT transaction_id, timestamp, id, charge_point_id"
+            f" FROM meter_values WHERE id IN ({ids}) AND transaction_id IS NOT NULL"
+            " ORDER BY 1, 2, 3",
+            charge_point,
+        )
+        db.execute("DELETE FROM recent WHERE charge_point_id = ?", charge_point)
+
     def commits(count: int) -> None:
         for _ in range(count):
             rows = []
@@ -230,7 +277,9 @@ def run(
                     [value for row in chunk for value in row],
                 )
             state["commits"] += 1
-            if fills and sliced:
+            if layout == "ts+rounds+tx":
+                rounds(state)
+            elif fills and sliced:
                 part = state["commits"] % SLICES
                 if part == 0:  # a new round: the values up to now, keyed over the next commits
                     state["indexed"] = state["target"]
