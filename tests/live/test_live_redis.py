@@ -16,6 +16,7 @@ import redis.asyncio as redis
 from ocpp.v16 import call
 from test_live_streams import _expected, _recv, _session, _sse_events, _token, live_socket
 
+from chargegrid.bus import channels
 from chargegrid.config import Settings
 from support import charge_point, running_server
 
@@ -70,7 +71,20 @@ async def test_subscribers_on_node_b_see_node_a_events_in_order(redis_settings: 
                     params={"topics": "status,sessions"},
                     headers={"Authorization": f"Bearer {token}"},
                 ) as sse:
-                    await asyncio.sleep(0.5)  # the subscription is announced across nodes
+                    # Node A publishes to Redis only the channels it knows B listens to: wait
+                    # until it has heard of every one (a fixed 0.5 s raced a slow machine).
+                    wanted = [
+                        *(
+                            channels.charge_point("CP1", topic)
+                            for topic in (channels.STATUS, channels.SESSIONS, channels.METER_VALUES)
+                        ),
+                        *(channels.fleet(topic) for topic in (channels.STATUS, channels.SESSIONS)),
+                    ]
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 10
+                    while not all(node_a.node.bus.has_subscribers(c) for c in wanted):
+                        assert loop.time() < deadline, "node A never heard of B's subscriptions"
+                        await asyncio.sleep(0.02)
                     async with charge_point(node_a, "CP1") as cp:
                         await cp.call(
                             call.BootNotification(charge_point_vendor="V", charge_point_model="M")
