@@ -41,7 +41,8 @@ from support import (
 
 pytestmark = [pytest.mark.postgres]
 
-TTL = 1.0  # cluster_live_stats_ttl: short, so that lapsing is quick to see
+TTL = 3.0  # cluster_live_stats_ttl: short, so that lapsing is quick to see, yet a node extends
+# its keys every second (TTL / 3): a stall of 2 s, not of 0.7, would let one lapse early
 READING_FIELDS = ("node", "updated_at")
 
 
@@ -323,7 +324,7 @@ async def test_a_crashed_nodes_live_stats_lapse_with_its_ttl(
                 assert seen.json()["node"] == "a"
                 assert latest(seen.json(), "Power.Active.Import")["value"] == 3700
                 # Idle for well over the TTL: A keeps extending the key while it holds CP1.
-                await asyncio.sleep(3 * TTL)
+                await asyncio.sleep(2 * TTL)
                 assert latest((await live()).json(), "Power.Active.Import")["value"] == 3700
 
                 node_a.kill()

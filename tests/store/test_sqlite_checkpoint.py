@@ -70,7 +70,7 @@ async def test_a_failing_checkpoint_is_counted_not_raised(tmp_path: Path) -> Non
     checkpointer = WalCheckpointer(str(tmp_path), interval=0.01)  # a directory: cannot open
     await checkpointer.start()
     try:
-        for _ in range(200):
+        for _ in range(1000):  # up to 10 s: a slow machine's thread may start late
             if checkpointer.stats.failures >= 2:
                 break
             await asyncio.sleep(0.01)
@@ -93,7 +93,7 @@ async def test_a_node_on_an_sqlite_file_checkpoints_in_the_background(
         if not interval:
             assert checkpointer is None
             return
-        for _ in range(200):
+        for _ in range(1000):  # up to 10 s: a slow machine's thread may start late
             if checkpointer.stats.checkpoints >= 2:
                 break
             await asyncio.sleep(0.01)
