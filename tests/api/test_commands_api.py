@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from apisupport import eventually
 from cmdsupport import (
     ALL_ACTIONS,
     ANSWERS,
@@ -566,11 +567,11 @@ async def test_one_call_in_flight_per_charge_point(server: RunningServer) -> Non
         await asyncio.sleep(0.5)
         # The second request is recorded (a slow machine may take longer than the pause to
         # get it this far), and, the first still held, nothing more went to the charge point.
-        for _ in range(200):
-            ops = await server.rows("SELECT action, status FROM operations ORDER BY id")
-            if len(ops) >= 2:
-                break
-            await asyncio.sleep(0.05)
+        ops = await eventually(
+            lambda: server.rows("SELECT action, status FROM operations ORDER BY id"),
+            lambda rows: len(rows) >= 2,
+            within=10,
+        )
         assert [c[0] for c in cp.calls] == ["GetConfiguration"]
         assert not second.done()
         assert [(r["action"], r["status"]) for r in ops] == [
