@@ -123,6 +123,7 @@ class ChargeGrid:
         if path is not None and self.rollups.deferred:
             self.sqlite_writer = SqliteWriter(path, settings.sqlite_synchronous)
             self.rollups.use_writer(self.sqlite_writer, self.engine)
+            self.writer.statements_sink = self.rollups
         self.checkpointer: WalCheckpointer | None = None
         if path is not None and settings.sqlite_checkpoint_interval > 0:
             self.checkpointer = WalCheckpointer(

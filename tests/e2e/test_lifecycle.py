@@ -18,6 +18,7 @@ from ocpp.v16 import call
 
 from chargegrid import admin
 from chargegrid.config import Settings
+from chargegrid.store import charge_points as cp_store
 from chargegrid.store.database import writing
 from support import RecordingChargePoint, RunningServer, charge_point, running_server
 
@@ -207,6 +208,22 @@ async def test_l2_pending_then_accepted_on_next_boot(server: RunningServer) -> N
         assert boot.interval == server.node.settings.heartbeat_interval
         beat = await send(cp, call.Heartbeat())
         parse_utc(beat.current_time)
+
+
+async def test_l2_a_charge_point_removed_while_connected_boots_rejected(
+    server: RunningServer,
+) -> None:
+    # Removed from the database by another process (the CLI's `charge-points remove`) while its
+    # socket stays up: it is no longer registered, so its next boot is Rejected (OCPP 1.6
+    # §4.2: the Central System does not accept it), with the retry interval.
+    await server.add_charge_point("CP1")
+    async with charge_point(server, "CP1") as cp:
+        assert (await send(cp, boot_request())).status == "Accepted"
+        async with writing(server.node.engine).begin() as connection:
+            assert await cp_store.remove(connection, "CP1")
+        boot = await send(cp, boot_request())
+        assert boot.status == "Rejected"
+        assert boot.interval == server.node.settings.boot_retry_interval
 
 
 async def test_l4_any_message_counts_as_liveness(server: RunningServer) -> None:

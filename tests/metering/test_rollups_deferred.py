@@ -53,8 +53,9 @@ async def running(
 ) -> tuple[GroupCommitter, RollupMaintainer]:
     writer = GroupCommitter(engine, interval=interval)
     sink = RollupMaintainer("sqlite", merge_interval=merge_interval)
-    if thread is not None:  # batches of values alone commit in the writer thread
+    if thread is not None:  # batches of values (or statements) alone commit in its thread
         sink.use_writer(thread, engine)
+        writer.statements_sink = sink
     writer.sinks[sink.insert] = sink
     await sink.recover(engine)
     await writer.start()
@@ -212,7 +213,7 @@ async def test_plain_statements_join_a_batch_of_values_in_the_writer_thread(
             writer.execute([("UPDATE no_such_table SET x = 1", ())]),
             return_exceptions=True,
         )
-        assert results[:2] == [None, None]
+        assert results[:2] == [None, []]
         assert isinstance(results[2], sqlite3.OperationalError)
         assert (writer.stats.batches, writer.stats.alone) == (1, 1)
         async with engine.connect() as connection:
@@ -227,6 +228,73 @@ async def test_plain_statements_join_a_batch_of_values_in_the_writer_thread(
         await writer.stop()
         await thread.close()
     await assert_exact(engine)
+
+
+BOOT = {
+    "chargePointVendor": "Vendor",
+    "chargePointModel": "Model",
+    "chargePointSerialNumber": "SN-1",
+    "firmwareVersion": "1.2.3",
+    "meterType": "AC",
+}
+
+
+async def test_statements_alone_commit_in_the_writer_thread_as_the_orm_writes(
+    engine: AsyncEngine,
+) -> None:
+    """Charge points connecting and booting write plain statements (store/charge_points): a
+    batch of nothing else commits in the writer thread's one trip (the sink's, with its key
+    fill), returns the last statement's rows, and stores exactly what the ORM's units
+    store. A failing caller's statements roll back alone."""
+    a, b = await cp_id(engine, "CPA"), await cp_id(engine, "CPB")
+    thread = writer_thread(engine)
+    writer, _sink = await running(engine, thread=thread, interval=0.05)
+    connected_at = BASE + timedelta(seconds=1, microseconds=7)
+    booted_at = BASE + timedelta(seconds=2)
+    try:
+        assert await writer.execute(cp_store.connected_statements(a, True, connected_at)) == []
+        assert writer.stats.alone == 1
+        # CPB is written through the ORM's units below, for comparison.
+        results = await asyncio.gather(
+            writer.execute(cp_store.boot_statements(a, BOOT, booted_at, None)),
+            writer.execute([("UPDATE no_such_table SET x = 1", ())]),
+            return_exceptions=True,
+        )
+        assert results[0] == [("Accepted",)]  # the registration status, read after the writes
+        assert isinstance(results[1], sqlite3.OperationalError)
+        assert writer.stats.alone == 2
+        await writer.run(lambda c: cp_store.set_connected(c, b, True, connected_at))
+        await writer.run(lambda c: cp_store.record_boot(c, b, BOOT, booted_at))
+        decided = await writer.execute(cp_store.boot_statements(a, BOOT, booted_at, "Pending"))
+        assert decided == [("Pending",)]
+        await writer.execute(cp_store.connected_statements(b, False, booted_at))
+        async with engine.connect() as connection:
+            rows = {
+                r.identity: r._asdict()
+                for r in await connection.execute(
+                    select(charge_points).where(charge_points.c.id.in_([a, b]))
+                )
+            }
+        cpa, cpb = rows["CPA"], rows["CPB"]
+        assert (cpa["vendor"], cpa["firmware_version"], cpa["iccid"]) == ("Vendor", "1.2.3", None)
+        assert (cpa["connected"], cpa["connected_at"], cpa["last_boot_at"]) == (
+            True,
+            connected_at,
+            booted_at,
+        )
+        assert cpa["registration_status"] == "Pending"
+        assert (cpb["connected"], cpb["disconnected_at"]) == (False, booted_at)
+        different = {
+            key
+            for key in cpa
+            if cpa[key] != cpb[key]
+            and key not in {"id", "identity", "registration_status", "connected", "updated_at"}
+            and key != "disconnected_at"
+        }
+        assert different == set()  # every other column as the ORM wrote it
+    finally:
+        await writer.stop()
+        await thread.close()
 
 
 @pytest.mark.parametrize("then", ["crash", "rebuild", "settle"])

@@ -365,10 +365,10 @@ async def test_plain_statements_commit_with_the_batch_and_a_failing_one_fails_al
         writer.execute([]),  # nothing to do: at once
         return_exceptions=True,
     )
-    assert results[0] is None
+    assert results[0] == []  # the last statement returns no rows
     assert isinstance(results[1], Exception)
     assert not isinstance(results[1], StoreUnavailable)
-    assert results[2:] == [None, None]
+    assert results[2:] == [None, []]
     assert writer.stats.batches == 1
     assert writer.stats.units == 2
     assert await tags(engine) == ["ROW", "S1", "S2"]
@@ -462,3 +462,53 @@ async def test_insert_nowait_is_told_of_a_failed_or_stalled_batch_once(
     assert await tags(engine) == ["QUEUED"]
     await asyncio.sleep(0.05)
     assert len(told) == 2  # not told again
+
+
+async def test_units_beyond_max_items_wait_for_the_next_batch_in_order(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """Units queued faster than the writer takes them (a connection storm) go ``max_items`` to
+    a batch, in order, rows with the first: one batch of everything queued could outlast
+    ``wait_timeout`` and fail every caller in it."""
+    writer: GroupCommitter = await writer_factory(interval=0.05, max_items=3)
+    sizes: list[int] = []
+    writer.on_commit = lambda items, _seconds: sizes.append(items)
+    results = await asyncio.gather(
+        *(writer.run(add_tag(f"T{i}", result=i)) for i in range(7)),
+        writer.insert(TAG_INSERT, [tag_row("ROW1"), tag_row("ROW2")]),
+    )
+    assert results == [*range(7), None]
+    assert sizes == [5, 3, 1]  # the rows (2 items) and 3 units; then 3 units; then 1
+    assert await count(engine, id_tags) == 9
+
+
+async def test_units_carried_to_the_next_batch_keep_their_wait_timeout(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """A caller whose unit is left for the next batch is still answered within
+    ``wait_timeout`` of its write while the batch before it is stuck, and its unit still
+    commits once the database answers."""
+    writer: GroupCommitter = await writer_factory(interval=0.001, max_items=1, wait_timeout=0.3)
+    release = asyncio.Event()
+
+    async def stalled(connection: AsyncConnection) -> None:
+        await connection.execute(insert(id_tags).values(**tag_row("STALLED")))
+        await release.wait()  # stands in for a statement the database never answers
+
+    started = time.monotonic()
+    calls = [
+        asyncio.create_task(writer.run(stalled)),
+        asyncio.create_task(writer.run(add_tag("CARRIED"))),
+    ]
+    done, _pending = await asyncio.wait(calls, timeout=2)
+    assert len(done) == 2
+    assert time.monotonic() - started < 1.5
+    for call in calls:
+        with pytest.raises(StoreUnavailable, match=r"did not commit within 0\.3 s"):
+            call.result()
+    release.set()
+    for _ in range(100):
+        if await tags(engine) == ["CARRIED", "STALLED"]:
+            break
+        await asyncio.sleep(0.02)
+    assert await tags(engine) == ["CARRIED", "STALLED"]

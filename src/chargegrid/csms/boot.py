@@ -22,7 +22,7 @@ async def boot_notification(ctx: Context, request: dict[str, Any]) -> dict[str, 
 
     decided = await decide_boot(services.boot_policy, charge_point.identity, request)
 
-    async def unit(connection: AsyncConnection) -> str:
+    async def unit(connection: AsyncConnection) -> str | None:
         await cp_store.record_boot(connection, charge_point.id, request, now)
         if decided is not None:
             # The application's decision is kept, so a reconnect without a boot knows it.
@@ -31,15 +31,24 @@ async def boot_notification(ctx: Context, request: dict[str, Any]) -> dict[str, 
                 .where(charge_points.c.id == charge_point.id)
                 .values(registration_status=decided)
             )
-            return decided
         # Read the policy here, not at connect time: an operator may have accepted a Pending
-        # charge point since, and its next boot must see that.
+        # charge point since, and its next boot must see that. (None: deleted meanwhile.)
         status = await connection.scalar(
             select(charge_points.c.registration_status).where(charge_points.c.id == charge_point.id)
         )
-        return str(status)
+        return None if status is None else str(status)
 
-    status = await services.writer.run(unit)
+    found: str | None
+    if services.engine.dialect.name == "sqlite":
+        # One trip with the rest of the batch (store/charge_points.boot_statements).
+        rows = await services.writer.execute(
+            cp_store.boot_statements(charge_point.id, request, now, decided)
+        )
+        found = str(rows[0][0]) if rows else None
+    else:
+        found = await services.writer.run(unit)
+    # A charge point deleted while connected is not registered any more.
+    status = "Rejected" if found is None else found
     charge_point.registration_status = status
     services.liveness.seen(charge_point.id, now)
     # Accepted: interval is the heartbeat interval; Pending/Rejected: the minimum wait before the

@@ -38,9 +38,15 @@ class StoredPresence(Presence):
         charge_point_id = context.charge_point.id
         now = services.clock.now()
         try:
-            await services.writer.run(
-                lambda c: cp_store.set_connected(c, charge_point_id, connected, now)
-            )
+            if services.engine.dialect.name == "sqlite":
+                # One trip with the rest of the batch (store/charge_points).
+                await services.writer.execute(
+                    cp_store.connected_statements(charge_point_id, connected, now)
+                )
+            else:
+                await services.writer.run(
+                    lambda c: cp_store.set_connected(c, charge_point_id, connected, now)
+                )
         except StoreUnavailable as error:
             log.warning("%s: could not store connection state: %s", connection.identity, error)
         message: dict[str, Any] = {

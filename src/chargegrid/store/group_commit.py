@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Unit = Callable[[AsyncConnection], Awaitable[T]]
 Statement = tuple[str, tuple[Any, ...]]  # plain SQL with qmark parameters, and them
+Rows = list[tuple[Any, ...]]  # what a caller's last statement returned
 # Told how a batch ended: None once committed, else the StoreUnavailable its callers get.
 Done = Callable[[Exception | None], None]
 
@@ -77,6 +78,7 @@ class RowSink(Protocol):
         """Write and commit ``rows`` in a transaction of the sink's own, when a batch holds
         nothing else but plain statements (store/sqlite_writer.py: one trip to the database
         thread instead of several); ``then`` runs those statements in it, after the rows.
+        ``rows`` is empty for a batch of statements alone (``statements_sink``).
         False: not now; the batch takes the usual way. Raising fails the batch."""
         ...
 
@@ -103,7 +105,7 @@ class BatchStats:
 class _Batch:
     rows: dict[Insert, list[dict[str, Any]]] = field(default_factory=dict)
     units: list[tuple[Unit[Any], asyncio.Future[Any]]] = field(default_factory=list)
-    statements: list[tuple[list[Statement], asyncio.Future[None]]] = field(default_factory=list)
+    statements: list[tuple[list[Statement], asyncio.Future[Rows]]] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)  # for the rows
     callbacks: list[Done] = field(default_factory=list)  # for rows given to insert_nowait
     items: int = 0
@@ -139,6 +141,9 @@ class GroupCommitter:
         self.on_commit: Callable[[int, float], None] | None = None
         # Statements whose rows a sink writes instead of a plain executemany (issue 4).
         self.sinks: dict[Insert, RowSink] = {}
+        # One of them whose ``write_alone`` also takes a batch of nothing but plain statements
+        # (``execute``), with no rows, in one trip.
+        self.statements_sink: RowSink | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -219,23 +224,24 @@ class GroupCommitter:
         self._added(batch, 1)
         return await future
 
-    async def execute(self, statements: list[Statement]) -> None:
+    async def execute(self, statements: list[Statement]) -> Rows:
         """Run plain SQL ``statements`` (qmark parameters: SQLite's) in the next batch, in a
-        savepoint of their own like a unit's; return once committed.
+        savepoint of their own like a unit's; once committed, return the rows the last of
+        them returned (none for most).
 
         Unlike a unit they can run in the writer thread's transaction with a batch of meter
         values (``RowSink.write_alone``) instead of sending the batch the usual way, which
         costs tens of milliseconds under load (docs/benchmarks.md): for SQLite-only writes
         that come often (csms/liveness.py)."""
         if not statements:
-            return
+            return []
         if not self._room(1):
             await self._admit(1)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
         batch = self._batch
         batch.statements.append((statements, future))
         self._added(batch, 1)
-        await future
+        return await future
 
     def _expire(self, batch: _Batch) -> None:
         """The batch's ``wait_timeout`` passed: answer its callers now (module docstring)."""
@@ -318,6 +324,7 @@ class GroupCommitter:
             batch, self._batch = self._batch, _Batch()
             self._wake.clear()
             self._full.clear()
+            self._carry_over(batch)
             if batch.items:
                 await self._commit(batch)
                 self._queued -= batch.items
@@ -325,6 +332,38 @@ class GroupCommitter:
                     self._space.notify_all()
             if self._closing and not self._batch.items:
                 return
+
+    def _carry_over(self, batch: _Batch) -> None:
+        """Leave the units and statements beyond ``max_items`` to the next batch.
+
+        Rows cost little each (one ``executemany``), units several trips to the database
+        each: when connections pile up faster than the writer takes them (5,000 charge points
+        connecting and booting at once), one batch of everything queued during the previous
+        commit took longer than ``wait_timeout`` and every caller in it got a CALLERROR
+        (docs/benchmarks.md, connection storm). Cut at ``max_items``, each batch ends in
+        bounded time and the first callers are answered first."""
+        excess = len(batch.units) + len(batch.statements) - self._max_items
+        if excess <= 0:
+            return
+        rest = self._batch
+        keep_units = min(len(batch.units), self._max_items)
+        keep_statements = self._max_items - keep_units
+        rest.units[:0] = batch.units[keep_units:]
+        rest.statements[:0] = batch.statements[keep_statements:]
+        del batch.units[keep_units:], batch.statements[keep_statements:]
+        batch.items -= excess
+        rest.items += excess
+        if batch.deadline is not None and self._wait_timeout is not None:
+            # They have waited since the batch's first write, not from now (if that bound
+            # has passed they were answered: the bound is for whoever joins next).
+            loop = asyncio.get_running_loop()
+            when = batch.deadline.when()
+            if when <= loop.time():
+                when = loop.time() + self._wait_timeout
+            rest.deadline = loop.call_at(when, self._expire, rest)
+        self._wake.set()
+        if rest.items >= self._max_items:
+            self._full.set()
 
     async def _commit(self, batch: _Batch) -> None:
         try:
@@ -336,9 +375,13 @@ class GroupCommitter:
     async def _write(self, batch: _Batch) -> None:
         started = time.perf_counter()
         results: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        if not batch.units and len(batch.rows) == 1 and not self._closing:
-            ((statement, rows),) = batch.rows.items()
-            sink = self.sinks.get(statement)
+        if not batch.units and len(batch.rows) <= 1 and not self._closing:
+            sink: RowSink | None
+            if batch.rows:
+                ((statement, rows),) = batch.rows.items()
+                sink = self.sinks.get(statement)
+            else:  # statements alone (charge points connecting, booting, seen)
+                rows, sink = [], self.statements_sink
             then = _statements_sync(batch.statements, results) if batch.statements else None
             try:
                 alone = sink is not None and await sink.write_alone(rows, then)
@@ -369,8 +412,9 @@ class GroupCommitter:
                     try:
                         async with connection.begin_nested():
                             for sql, parameters in statements:
-                                await connection.exec_driver_sql(sql, parameters)
-                        results.append((future, True, None))
+                                result = await connection.exec_driver_sql(sql, parameters)
+                            returned = [tuple(r) for r in result] if result.returns_rows else []
+                        results.append((future, True, returned))
                     except Exception as error:  # the statements' caller's alone
                         log.exception("write statements failed")
                         results.append((future, False, error))
@@ -430,7 +474,7 @@ def _futures(batch: _Batch) -> list[asyncio.Future[Any]]:
 
 
 def _statements_sync(
-    queued: list[tuple[list[Statement], asyncio.Future[None]]],
+    queued: list[tuple[list[Statement], asyncio.Future[Rows]]],
     results: list[tuple[asyncio.Future[Any], bool, Any]],
 ) -> Callable[[sqlite3.Connection], None]:
     """Runs each caller's statements in a savepoint of its own on a plain sqlite3 connection
@@ -442,12 +486,12 @@ def _statements_sync(
             connection.execute("SAVEPOINT statements")
             try:
                 for sql, parameters in statements:
-                    connection.execute(sql, parameters)
+                    rows = connection.execute(sql, parameters).fetchall()
             except sqlite3.Error as error:
                 connection.execute("ROLLBACK TO statements")
                 results.append((future, False, error))
             else:
-                results.append((future, True, None))
+                results.append((future, True, rows))
             connection.execute("RELEASE statements")
 
     return run
