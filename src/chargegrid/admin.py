@@ -109,7 +109,7 @@ async def update_charge_point(
 
 async def _has_key(connection: AsyncConnection, identity: str) -> bool:
     record = await cp_store.get_auth(connection, identity)
-    return record is not None and record[3] is not None
+    return record is not None and record.auth_key_hash is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ class Admitted:
     identity: str
     registration_status: str
     security_profile: int
+    trace_level: str | None = None  # as stored (observability/trace.py), read with the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ class Admission:
             record = await self._register_unknown(identity)
             if record is None:
                 return Refused(404, "unknown charge point")
-        charge_point_id, profile, registration_status, key_hash = record
+        charge_point_id, profile, registration_status, key_hash, trace_level = record
 
         via_proxy = self._proxies.trusts(handshake.peer)
         tls = handshake.tls or (
@@ -134,7 +135,7 @@ class Admission:
             refusal = None
         if refusal is not None:
             return refusal
-        return Admitted(charge_point_id, identity, registration_status, profile)
+        return Admitted(charge_point_id, identity, registration_status, profile, trace_level)
 
     def _check_client_certificate(
         self, identity: str, handshake: Handshake, via_proxy: bool
@@ -175,7 +176,7 @@ class Admission:
         log.warning("security event: charge point %r refused: %s", identity, reason)
         return Refused(403, "security profile 3 requires a valid client certificate")
 
-    async def _register_unknown(self, identity: str) -> tuple[int, int, str, str | None] | None:
+    async def _register_unknown(self, identity: str) -> cp_store.AuthRecord | None:
         policy = self._settings.unknown_charge_points
         if policy == UnknownChargePointPolicy.REJECT:
             return None
@@ -189,7 +190,7 @@ class Admission:
             async with self._engine.connect() as connection:
                 return await cp_store.get_auth(connection, identity)
         log.info("auto-registered charge point %s as %s", identity, status)
-        return charge_point_id, 0, status, None
+        return cp_store.AuthRecord(charge_point_id, 0, status, None, None)
 
     async def _check_basic_auth(
         self, identity: str, header: str | None, key_hash: str | None

@@ -192,7 +192,7 @@ class OcppGateway:
             log.info("%s reconnected; closing its previous socket", admitted.identity)
             await replaced.close(1000, "replaced by a new connection")
         await presence.connected(connection)
-        await self._observer.connected(connection)
+        await self._observer.connected(connection, admitted)
         reason = "closed by charge point"
         try:
             if direct is not None:

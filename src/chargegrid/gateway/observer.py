@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from chargegrid.gateway.admission import Admitted
     from chargegrid.gateway.connection import ChargePointConnection
     from chargegrid.ocpp.events import Event, Reply
 
@@ -37,8 +38,9 @@ class ConnectionObserver:
         """A WebSocket upgrade was answered: 101 when accepted, else the refusal's HTTP status."""
         return None
 
-    async def connected(self, connection: ChargePointConnection) -> None:
-        """``connection`` is registered; called before its first frame is read.
+    async def connected(self, connection: ChargePointConnection, admitted: Admitted) -> None:
+        """``connection`` is registered; called before its first frame is read, with what the
+        handshake read of the charge point.
 
         The place to set ``connection.trace``. Awaited once per connection, never per message.
         """

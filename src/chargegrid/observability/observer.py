@@ -3,6 +3,7 @@ and to the message trace."""
 
 from __future__ import annotations
 
+from chargegrid.gateway.admission import Admitted
 from chargegrid.gateway.connection import ChargePointConnection
 from chargegrid.gateway.observer import ConnectionObserver
 from chargegrid.observability.metrics import Metrics
@@ -19,9 +20,11 @@ class NodeObserver(ConnectionObserver):
     def handshake(self, status: int) -> None:
         self.metrics.handshakes[status] += 1
 
-    async def connected(self, connection: ChargePointConnection) -> None:
+    async def connected(self, connection: ChargePointConnection, admitted: Admitted) -> None:
         if self.trace is not None:
-            await self.trace.attach(connection)
+            # The stored level came with the handshake's read: no query of its own.
+            trace = self.trace
+            trace.apply(connection, admitted.charge_point_id, trace.effective(admitted.trace_level))
 
     def disconnected(self, connection: ChargePointConnection) -> None:
         connection.trace = None

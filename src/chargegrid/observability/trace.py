@@ -108,23 +108,6 @@ class MessageTrace:
         except ValueError:
             return self.default
 
-    async def attach(self, connection: ChargePointConnection) -> None:
-        """Set ``connection.trace`` from the charge point's stored level (one query per connect)."""
-        try:
-            async with self._engine.connect() as c:
-                row = (
-                    await c.execute(
-                        select(charge_points.c.id, charge_points.c.trace_level).where(
-                            charge_points.c.identity == connection.identity
-                        )
-                    )
-                ).first()
-        except Exception as error:  # tracing is best effort; never fail a connection for it
-            log.warning("%s: could not read trace level: %s", connection.identity, error)
-            return
-        if row is not None:
-            self.apply(connection, int(row[0]), self.effective(row[1]))
-
     def apply(
         self, connection: ChargePointConnection, charge_point_id: int, level: TraceLevel
     ) -> None:

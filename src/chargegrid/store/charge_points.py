@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import CTE, ColumnClause, Integer, column, delete, insert, select, update, values
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -43,21 +43,27 @@ async def get(connection: AsyncConnection, identity: str) -> ChargePoint | None:
     return ChargePoint.from_row(row) if row else None
 
 
-async def get_auth(
-    connection: AsyncConnection, identity: str
-) -> tuple[int, int, str, str | None] | None:
-    """(id, security profile, registration status, key hash) for the handshake, or None."""
+class AuthRecord(NamedTuple):
+    """What the handshake needs of a charge point: the one read per connection."""
+
+    id: int
+    security_profile: int
+    registration_status: str
+    auth_key_hash: str | None
+    trace_level: str | None  # observability/trace.py (None: the node's default)
+
+
+async def get_auth(connection: AsyncConnection, identity: str) -> AuthRecord | None:
+    """The charge point's :class:`AuthRecord` for the handshake, or None."""
+    c = charge_points.c
     row = (
         await connection.execute(
             select(
-                charge_points.c.id,
-                charge_points.c.security_profile,
-                charge_points.c.registration_status,
-                charge_points.c.auth_key_hash,
-            ).where(charge_points.c.identity == identity)
+                c.id, c.security_profile, c.registration_status, c.auth_key_hash, c.trace_level
+            ).where(c.identity == identity)
         )
     ).first()
-    return (row[0], row[1], row[2], row[3]) if row else None
+    return AuthRecord(row[0], row[1], row[2], row[3], row[4]) if row else None
 
 
 async def add(
