@@ -678,7 +678,7 @@ def _csv_words(value: str) -> tuple[str, ...]:
 @main.command()
 @click.option(
     "--targets",
-    default="chargegrid,ocpp-lib,ocpp-rpc,echo,uvicorn-echo",
+    default="chargegrid,ocpp-lib,ocpp-rpc,echo,uvicorn-echo,picows-echo",
     show_default=True,
     help="Servers to measure, comma-separated.",
 )

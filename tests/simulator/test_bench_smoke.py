@@ -19,7 +19,7 @@ PEERS = Path(__file__).resolve().parents[2] / "benchmarks" / "peers"
 @pytest.mark.slow
 def test_bench_runs_at_tiny_scale(tmp_path: Path) -> None:
     options = BenchOptions(
-        targets=("chargegrid", "echo"),
+        targets=("chargegrid", "echo", "picows-echo"),
         sizes=(5,),
         sampled=(3,),
         repeats=1,
@@ -37,7 +37,7 @@ def test_bench_runs_at_tiny_scale(tmp_path: Path) -> None:
     written = write_reports(results, tmp_path)
 
     assert {"machine", "loadavg_start", "loadavg_end", "targets", "ratios"} <= set(results)
-    for name in ("chargegrid", "echo"):
+    for name in ("chargegrid", "echo", "picows-echo"):
         target = results["targets"][name]
         assert "error" not in target, target
         figure = target["throughput_n5_sv3"]
@@ -50,7 +50,7 @@ def test_bench_runs_at_tiny_scale(tmp_path: Path) -> None:
     ours = results["targets"]["chargegrid"]
     assert ours["command_latency"]["answered_by_cp"] == 3
     assert ours["fanout_latency"]["missed"] == 0
-    assert "echo" in results["ratios"]["throughput_n5_sv3"]
+    assert {"echo", "picows-echo"} <= set(results["ratios"]["throughput_n5_sv3"])
     assert json.loads((tmp_path / "results.json").read_text())["targets"]
     assert (tmp_path / "results.md") in written
 

@@ -32,7 +32,7 @@ from chargegrid.simulator import loadgen
 
 __all__ = ["BenchOptions", "run_bench", "write_reports"]
 
-TARGETS = ("chargegrid", "ocpp-lib", "ocpp-rpc", "echo", "uvicorn-echo")
+TARGETS = ("chargegrid", "ocpp-lib", "ocpp-rpc", "echo", "uvicorn-echo", "picows-echo")
 SCENARIOS = ("throughput", "latency", "idle", "storm", "commands")
 LOCAL_ADDRESSES = tuple(f"127.0.0.{n}" for n in range(1, 9))
 
@@ -184,6 +184,9 @@ def _targets(options: BenchOptions, workdir: Path) -> list[Target]:
             out.append(Target(name, port, [python, script, "--port", str(port)], _clean_env({})))
         elif name == "uvicorn-echo":
             script = str(peers / "uvicorn_echo.py")
+            out.append(Target(name, port, [python, script, "--port", str(port)], _clean_env({})))
+        elif name == "picows-echo":
+            script = str(peers / "picows_echo.py")
             out.append(Target(name, port, [python, script, "--port", str(port)], _clean_env({})))
         else:
             raise ValueError(f"unknown target {name!r}; one of {', '.join(TARGETS)}")
