@@ -97,6 +97,7 @@ class Admission:
         # identity -> (stored hash, sha256 of a key that verified against it): a reconnecting
         # charge point is checked with one SHA-256 instead of a full PBKDF2 run.
         self._verified: dict[str, tuple[str, bytes]] = {}
+        self._reads = _AuthReads(engine)
 
     def forget(self, identity: str) -> None:
         """Drop cached credentials, e.g. after the key was rotated."""
@@ -109,8 +110,7 @@ class Admission:
         if SUBPROTOCOL not in handshake.subprotocols:
             return Refused(400, f"the {SUBPROTOCOL} subprotocol is required")
 
-        async with self._engine.connect() as connection:
-            record = await cp_store.get_auth(connection, identity)
+        record = await self._reads.get(identity)
         if record is None:
             record = await self._register_unknown(identity)
             if record is None:
@@ -222,3 +222,50 @@ class Admission:
             return unauthorized
         self._verified[identity] = (key_hash, fingerprint)
         return None
+
+
+class _AuthReads:
+    """The charge point rows of concurrent handshakes, read together.
+
+    Each read on its own costs a pooled connection's ``BEGIN``, ``SELECT`` and ``ROLLBACK``,
+    trips to the database driver that made up ~40 % of the event loop's Python while 5,000
+    charge points connected at once (docs/benchmarks.md, connection storm). Handshakes that
+    arrive while a read is under way wait for the next one, which takes them all in one query
+    per chunk (store/charge_points.get_auth_many); a handshake on its own is read at once, as
+    before."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._waiting: dict[str, list[asyncio.Future[cp_store.AuthRecord | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self, identity: str) -> cp_store.AuthRecord | None:
+        future: asyncio.Future[cp_store.AuthRecord | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting.setdefault(identity, []).append(future)
+        if self._task is None:
+            self._task = asyncio.create_task(self._read_all(), name="admission-reads")
+        return await future
+
+    async def _read_all(self) -> None:
+        try:
+            while self._waiting:
+                waiting, self._waiting = self._waiting, {}
+                try:
+                    async with self._engine.connect() as connection:
+                        found = await cp_store.get_auth_many(connection, waiting)
+                except Exception as error:  # each handshake fails as its own read would have
+                    for futures in waiting.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(error)
+                                future.exception()  # retrieved: its handshake may be gone
+                    continue
+                for identity, futures in waiting.items():
+                    record = found.get(identity)
+                    for future in futures:
+                        if not future.done():  # (a handshake that timed out cancelled it)
+                            future.set_result(record)
+        finally:
+            self._task = None
