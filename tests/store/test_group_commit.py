@@ -512,3 +512,70 @@ async def test_units_carried_to_the_next_batch_keep_their_wait_timeout(
             break
         await asyncio.sleep(0.02)
     assert await tags(engine) == ["CARRIED", "STALLED"]
+
+
+async def test_late_runs_once_when_a_unit_commits_after_its_caller_was_answered(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """``run(late=)``: a unit whose caller got StoreUnavailable by the wait timeout but which
+    committed after all has its follow-up (publishing its live event) run with its result,
+    once; a unit committed in time, or one whose batch failed, never runs it."""
+    writer: GroupCommitter = await writer_factory(interval=0.001, wait_timeout=0.3)
+    release = asyncio.Event()
+    late_results: list[Any] = []
+
+    async def late(result: Any) -> None:
+        late_results.append(result)
+
+    async def stalled(connection: AsyncConnection) -> str:
+        await connection.execute(insert(id_tags).values(**tag_row("STALLED")))
+        await release.wait()  # stands in for a statement the database never answers
+        return "stalled-result"
+
+    assert await writer.run(add_tag("ON-TIME", result="on-time"), late=late) == "on-time"
+    with pytest.raises(StoreUnavailable):
+        await writer.run(stalled, late=late)
+    assert late_results == []
+    release.set()
+    for _ in range(100):
+        if late_results:
+            break
+        await asyncio.sleep(0.02)
+    assert late_results == ["stalled-result"]
+    assert await tags(engine) == ["ON-TIME", "STALLED"]
+    # A unit that fails in a batch that commits: its caller had its error, nothing runs late.
+    with pytest.raises(ValueError):
+        await writer.run(add_tag("BAD", fail_after=True), late=late)
+    await asyncio.sleep(0.05)
+    assert late_results == ["stalled-result"]
+    assert not writer._late  # nothing kept for units already written
+
+
+async def test_a_caller_joining_a_batch_past_its_deadline_is_answered_too(
+    engine: AsyncEngine, writer_factory: Any
+) -> None:
+    """While the writer is stuck the open batch stays open: a caller that joins it after its
+    first callers were answered by the wait timeout is answered by a deadline of its own (it
+    used to wait for the database), and its write is still kept."""
+    writer: GroupCommitter = await writer_factory(interval=0.001, wait_timeout=0.3)
+    release = asyncio.Event()
+
+    async def stalled(connection: AsyncConnection) -> None:
+        await release.wait()
+
+    blocker = asyncio.create_task(writer.run(stalled))
+    await asyncio.sleep(0.05)
+    with pytest.raises(StoreUnavailable):
+        await writer.insert(TAG_INSERT, [tag_row("FIRST")])  # opens the next batch, expires
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(writer.insert(TAG_INSERT, [tag_row("JOINED")]), 2)
+    assert 0.25 < time.monotonic() - started < 1.5
+    release.set()
+    with pytest.raises(StoreUnavailable):
+        await blocker
+    for _ in range(100):
+        if await tags(engine) == ["FIRST", "JOINED"]:
+            break
+        await asyncio.sleep(0.02)
+    assert await tags(engine) == ["FIRST", "JOINED"]

@@ -50,19 +50,25 @@ async def status_notification(ctx: Context, request: dict[str, Any]) -> dict[str
                 .values(status=row["status"], error_code=row["error_code"], updated_at=now)
             )
 
-    await services.writer.run(unit)
-    bus = services.bus
-    channel = channels.charge_point(charge_point.identity, channels.STATUS)
-    fleet = channels.fleet(channels.STATUS)
-    if bus.has_subscribers(channel) or bus.has_subscribers(fleet):
-        # The reference guide's status payload.
-        message = {
-            "connector_id": connector_id,
-            "status": request["status"],
-            "error_code": request["errorCode"],
-            "info": request.get("info"),
-            "timestamp": isoformat_z(status_at or now),
-        }
-        await bus.publish(channel, message)
-        await bus.publish(fleet, {"charge_point": charge_point.identity, **message})
+    async def publish(_result: None) -> None:
+        bus = services.bus
+        channel = channels.charge_point(charge_point.identity, channels.STATUS)
+        fleet = channels.fleet(channels.STATUS)
+        if bus.has_subscribers(channel) or bus.has_subscribers(fleet):
+            # The reference guide's status payload.
+            message = {
+                "connector_id": connector_id,
+                "status": request["status"],
+                "error_code": request["errorCode"],
+                "info": request.get("info"),
+                "timestamp": isoformat_z(status_at or now),
+            }
+            await bus.publish(channel, message)
+            await bus.publish(fleet, {"charge_point": charge_point.identity, **message})
+
+    # late: stored after the charge point was answered with a CALLERROR (a stalled database),
+    # which it need not resend (only transaction-related messages are retried): the status is
+    # still announced.
+    await services.writer.run(unit, late=publish)
+    await publish(None)
     return {}

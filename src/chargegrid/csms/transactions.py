@@ -60,12 +60,17 @@ async def start_transaction(ctx: Context, request: dict[str, Any]) -> dict[str, 
         )
         return info, outcome
 
-    info, outcome = await services.writer.run(unit)
+    async def publish(result: tuple[dict[str, Any], tx_store.StartOutcome]) -> None:
+        if not result[1].replayed:
+            await _publish_session(ctx, "started", result[1])
+
+    # late: committed after the charge point was answered with a CALLERROR (a stalled
+    # database): the session did start, and its resend will be recognised as a replay.
+    info, outcome = await services.writer.run(unit, late=publish)
     if outcome.replayed:
         # CONFORMANCE T3: the same answer as the first time.
         info = {"status": outcome.transaction.id_tag_status}
-    else:
-        await _publish_session(ctx, "started", outcome)
+    await publish((info, outcome))
     return {"transactionId": outcome.transaction.id, "idTagInfo": info}
 
 
@@ -116,9 +121,13 @@ async def stop_transaction(ctx: Context, request: dict[str, Any]) -> dict[str, A
             request_ = dataclasses.replace(stop, transaction_data=[])
         return info, await tx_store.stop(connection, request_, now=now)
 
-    info, outcome = await services.writer.run(unit)
-    if outcome.transaction is not None and not outcome.already_stopped:
-        await _publish_session(ctx, "stopped", outcome)
+    async def publish(result: tuple[dict[str, Any] | None, tx_store.StopOutcome]) -> None:
+        outcome = result[1]
+        if outcome.transaction is not None and not outcome.already_stopped:
+            await _publish_session(ctx, "stopped", outcome)
+
+    info, outcome = await services.writer.run(unit, late=publish)  # late: as in start
+    await publish((info, outcome))
     return {"idTagInfo": info} if info is not None else {}
 
 

@@ -9,8 +9,9 @@ one unit's failure fails only its own caller. If the commit itself fails, every 
 gets :class:`StoreUnavailable` and the charge point is answered with a CALLERROR, so it keeps the
 message and retries: nothing acknowledged is lost.
 
-A caller waits at most ``wait_timeout`` for its batch, counted from the batch's first write (and
-as long again for room in a full queue). A database that stops answering without closing anything
+A caller waits at most ``wait_timeout`` for its batch, counted from the batch's first write, or
+from its own when it joins a batch whose earlier callers were answered already (and as long
+again for room in a full queue). A database that stops answering without closing anything
 holds the one writer for as long as the driver's own timeouts allow, per statement and then again
 for the rollback; every message queued behind it would wait that long too. Past the bound the
 callers get :class:`StoreUnavailable` (a CALLERROR) while their writes stay queued: if they commit
@@ -47,6 +48,8 @@ Statement = tuple[str, tuple[Any, ...]]  # plain SQL with qmark parameters, and 
 Rows = list[tuple[Any, ...]]  # what a caller's last statement returned
 # Told how a batch ended: None once committed, else the StoreUnavailable its callers get.
 Done = Callable[[Exception | None], None]
+# Given a unit's result when its batch committed after the caller was answered (run(late=)).
+Late = Callable[[Any], Awaitable[None]]
 
 
 class RowSink(Protocol):
@@ -144,6 +147,8 @@ class GroupCommitter:
         # One of them whose ``write_alone`` also takes a batch of nothing but plain statements
         # (``execute``), with no rows, in one trip.
         self.statements_sink: RowSink | None = None
+        self._late: dict[asyncio.Future[Any], Late] = {}  # run(late=) of units not yet written
+        self._late_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="group-commit")
@@ -214,15 +219,26 @@ class GroupCommitter:
             bucket.extend(rows)
         return batch
 
-    async def run(self, unit: Unit[T]) -> T:
-        """Run ``unit`` inside the next batch's transaction; return its result once committed."""
+    async def run(self, unit: Unit[T], *, late: Late | None = None) -> T:
+        """Run ``unit`` inside the next batch's transaction; return its result once committed.
+
+        ``late`` is for what the caller does after the commit besides answering (publishing a
+        live event): if the caller was answered with :class:`StoreUnavailable` by the
+        ``wait_timeout`` and the unit commits after all (module docstring), ``late`` is run
+        with its result instead, in a task of its own."""
         if not self._room(1):
             await self._admit(1)
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if late is not None:
+            self._late[future] = late
         batch = self._batch
         batch.units.append((unit, future))
         self._added(batch, 1)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._late.pop(future, None)  # the caller went away: nobody to do it for
+            raise
 
     async def execute(self, statements: list[Statement]) -> Rows:
         """Run plain SQL ``statements`` (qmark parameters: SQLite's) in the next batch, in a
@@ -244,7 +260,10 @@ class GroupCommitter:
         return await future
 
     def _expire(self, batch: _Batch) -> None:
-        """The batch's ``wait_timeout`` passed: answer its callers now (module docstring)."""
+        """The batch's ``wait_timeout`` passed: answer its callers now (module docstring).
+        Whoever joins it afterwards (it is still open while the writer is stuck) starts a
+        deadline of its own."""
+        batch.deadline = None
         failure = StoreUnavailable(f"the database did not commit within {self._wait_timeout:g} s")
         self.stats.timeouts += _fail(_futures(batch), failure) + _call_back(batch, failure)
 
@@ -298,7 +317,7 @@ class GroupCommitter:
                 raise StoreUnavailable("the writer is shutting down")
 
     def _added(self, batch: _Batch, count: int) -> None:
-        if not batch.items and self._wait_timeout is not None:
+        if batch.deadline is None and self._wait_timeout is not None:
             batch.deadline = asyncio.get_running_loop().call_later(
                 self._wait_timeout, self._expire, batch
             )
@@ -353,14 +372,12 @@ class GroupCommitter:
         del batch.units[keep_units:], batch.statements[keep_statements:]
         batch.items -= excess
         rest.items += excess
-        if batch.deadline is not None and self._wait_timeout is not None:
-            # They have waited since the batch's first write, not from now (if that bound
-            # has passed they were answered: the bound is for whoever joins next).
-            loop = asyncio.get_running_loop()
-            when = batch.deadline.when()
-            if when <= loop.time():
-                when = loop.time() + self._wait_timeout
-            rest.deadline = loop.call_at(when, self._expire, rest)
+        if batch.deadline is not None:
+            # They have waited since the first write not yet answered, not from now. (None:
+            # the bound passed and they were answered; whoever joins next starts one.)
+            rest.deadline = asyncio.get_running_loop().call_at(
+                batch.deadline.when(), self._expire, rest
+            )
         self._wake.set()
         if rest.items >= self._max_items:
             self._full.set()
@@ -425,7 +442,21 @@ class GroupCommitter:
             return
         self._committed(batch, started, results)
 
+    def _run_late(self, late: Late, value: Any) -> None:
+        async def run() -> None:
+            try:
+                await late(value)
+            except Exception:
+                log.exception("a late commit's follow-up failed")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._late_tasks.add(task)
+        task.add_done_callback(self._late_tasks.discard)
+
     def _failed(self, batch: _Batch, error: Exception) -> None:
+        if self._late:
+            for _unit, future in batch.units:
+                self._late.pop(future, None)
         for sink in self.sinks.values():
             sink.failed()
         self.stats.failures += 1
@@ -455,7 +486,10 @@ class GroupCommitter:
                 waiter.set_result(None)
         _call_back(batch, None)
         for future, ok, value in results:
+            late = self._late.pop(future, None) if self._late else None
             if future.done():
+                if late is not None and ok and not future.cancelled():
+                    self._run_late(late, value)
                 continue
             if ok:
                 future.set_result(value)
